@@ -1,0 +1,165 @@
+"""The store: schema from the migrations, models matching them, engine settings, open errors."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from labeler.errors import StoreError
+from labeler.store import open_store, resolve_url
+from labeler.store.migrate import backup_sqlite, head_revision
+from labeler.store.models import Base, Caption, Dataset, Image, Model
+
+EXPECTED_COLUMNS = {
+    "datasets": ["id", "name", "root", "root_raw", "created_at"],
+    "images": [
+        "id", "dataset_id", "path", "path_raw", "size", "mtime_ns", "content_hash", "format",
+        "width", "height", "mode", "frames", "status", "reason", "first_seen_at", "scanned_at",
+    ],
+    "models": ["id", "content_hash", "name", "family", "source", "info", "registered_at"],
+    "caption_runs": [
+        "id", "model_id", "settings_key", "settings", "status", "host", "pid", "started_at",
+        "finished_at", "counts", "timings", "error",
+    ],
+    "captions": [
+        "id", "image_id", "model_id", "settings_key", "run_id", "rank", "text",
+        "log_likelihood", "num_tokens", "confidence", "score", "token_logprobs", "margin",
+        "finished", "repeated_ngram", "has_unknown", "stale", "created_at",
+    ],
+    "reviews": [
+        "id", "image_id", "caption_id", "text", "outcome", "reviewer", "reviewed_at", "source",
+        "fingerprint", "imported_at",
+    ],
+    "alembic_version": ["version_num"],
+}  # fmt: skip
+
+
+def test_empty_store_upgrades_to_the_exact_schema(store):
+    inspector = inspect(store.engine)
+    tables = {name: [c["name"] for c in inspector.get_columns(name)] for name in EXPECTED_COLUMNS}
+    assert set(inspector.get_table_names()) == set(EXPECTED_COLUMNS)
+    assert tables == EXPECTED_COLUMNS
+    with store.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+
+
+def test_models_match_the_migrations(store):
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_indexes_and_constraints_the_commands_rely_on(store):
+    inspector = inspect(store.engine)
+    uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("captions")}
+    assert ("image_id", "model_id", "settings_key", "rank") in uniques
+    indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("captions")}
+    assert ("confidence",) in indexed
+    assert ("content_hash",) in {tuple(i["column_names"]) for i in inspector.get_indexes("images")}
+
+
+def _image(session) -> Image:
+    dataset = Dataset(name="d", root="/d", root_raw=b"/d")
+    session.add(dataset)
+    session.flush()
+    image = Image(dataset_id=dataset.id, path="a.png", path_raw=b"a.png", status="ok")
+    session.add(image)
+    session.flush()
+    return image
+
+
+def _draft(image_id: int, model_id: int, rank: int = 0) -> Caption:
+    return Caption(
+        image_id=image_id, model_id=model_id, settings_key="k", rank=rank, text="a cat",
+        log_likelihood=-1.5, num_tokens=3, confidence=0.6, score=-1.5,
+        token_logprobs=[-0.5, -0.5, -0.5], margin=None, finished=True, repeated_ngram=False,
+        has_unknown=False,
+    )  # fmt: skip
+
+
+def test_one_draft_per_image_model_settings_and_rank(store):
+    with store.write() as session:
+        image = _image(session)
+        model = Model(content_hash="f" * 64, name="m", family="show-tell")
+        session.add(model)
+        session.flush()
+        session.add_all([_draft(image.id, model.id, 0), _draft(image.id, model.id, 1)])
+    with pytest.raises(IntegrityError), store.write() as session:
+        session.add(_draft(image.id, model.id, 0))
+    with store.session() as session:
+        assert session.scalar(select(Caption.token_logprobs).where(Caption.rank == 1)) == [
+            -0.5, -0.5, -0.5,
+        ]  # fmt: skip
+        assert len(session.scalars(select(Caption)).all()) == 2
+
+
+def test_image_status_is_checked(store):
+    with pytest.raises(IntegrityError), store.write() as session:
+        image = _image(session)
+        image.status = "fine"
+        session.flush()
+
+
+def test_a_failed_write_leaves_nothing_behind(store):
+    with pytest.raises(RuntimeError), store.write() as session:
+        _image(session)
+        raise RuntimeError("killed mid-transaction")
+    with store.session() as session:
+        assert session.scalars(select(Dataset)).all() == []
+
+
+def test_sqlite_runs_with_wal_foreign_keys_and_a_busy_timeout(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def test_default_store_comes_from_the_environment_then_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELER_DB", str(tmp_path / "env.db"))
+    assert resolve_url() == f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.delenv("LABELER_DB")
+    assert resolve_url() == f"sqlite:///{tmp_path / 'labeler.db'}"
+    assert resolve_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path):
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        open_store(bogus)
+    assert bogus.read_text().startswith("these are my notes")
+
+
+def test_a_store_in_a_missing_folder_gives_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "nowhere" / "s.db")
+
+
+def test_an_unreachable_server_gives_a_clear_error():
+    with pytest.raises(StoreError, match="cannot open the store"):
+        open_store("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_a_store_from_a_newer_labeler_is_refused(store):
+    with store.write() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(StoreError, match="newer than this version"):
+        open_store(store.url)
+
+
+def test_backup_copies_every_row(tmp_path):
+    store = open_store(tmp_path / "s.db")
+    with store.write() as session:
+        _image(session)
+    with store.engine.connect() as conn:
+        copy = backup_sqlite(conn, tmp_path / "s.db", "0001")
+    assert copy.name.startswith("s.db.backup-0001-")
+    rows = sqlite3.connect(copy).execute("SELECT path FROM images").fetchall()
+    assert rows == [("a.png",)]
