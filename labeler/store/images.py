@@ -117,6 +117,8 @@ def unseen_images(
 
 
 def mark_missing(session: Session, image_ids: Sequence[int], now: dt.datetime) -> int:
+    if not image_ids:
+        return 0
     stmt = (
         update(Image)
         .where(Image.id == bindparam("image_id"))

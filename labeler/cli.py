@@ -1,0 +1,217 @@
+"""The command line: the only module that imports typer and rich.
+
+Each command parses its options, opens the store, calls one library function and renders the
+dataclass it returns. Library errors (`LabelerError`) become a one-line message and exit code 1
+in one place, `_Group.invoke`. Heavy modules (torch, the scan pool) are imported inside the
+commands, so `labeler --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from labeler.errors import LabelerError
+
+err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False)
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except LabelerError as exc:
+            err_console.print(f"Error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Pre-annotate image datasets with draft captions scored by their log-likelihood.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="LABELER_DB",
+        help="Store: a SQLite file or a SQLAlchemy URL (postgresql://...). Default ./labeler.db.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _open(db: str | None):  # type: ignore[no-untyped-def]
+    from labeler.store import open_store
+
+    return open_store(db)
+
+
+@app.command("scan")
+def scan_cli(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to scan.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name; default: each folder's name.")
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Skip files and folders matching this glob.")
+    ] = None,
+    hidden: Annotated[bool, typer.Option(help="Include hidden files and folders.")] = False,
+    follow_symlinks: Annotated[
+        bool, typer.Option(help="Follow symbolic links (never in a loop).")
+    ] = False,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(help="Images with more pixels are 'too_large' (decompression bombs)."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Reader processes; default: cores.")] = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Register every image under PATHS: what it is and whether it can be read.
+
+    A re-scan reads only files whose size or modification time changed; vanished files are
+    marked missing, never deleted.
+    """
+    from labeler import imageio
+    from labeler.scan import scan
+
+    store = _open(db)
+    with _progress("Scanning", json_output) as report:
+        result = scan(
+            store,
+            paths,
+            dataset=dataset,
+            include=include or (),
+            exclude=exclude or (),
+            hidden=hidden,
+            follow_symlinks=follow_symlinks,
+            max_pixels=max_pixels or imageio.DEFAULT_MAX_PIXELS,
+            workers=workers,
+            progress=lambda p: report(p.files, f"{p.read} read, {p.unchanged} unchanged"),
+        )
+    if json_output:
+        _print_json(_scan_json(result))
+        return
+    _render_scan(result)
+
+
+@app.command("datasets")
+def datasets_cli(db: DbOption = None, json_output: JsonOption = False) -> None:
+    """List the datasets in the store with their images counted by status."""
+    from labeler.store import images as image_store
+    from labeler.store.models import IMAGE_STATUSES
+
+    store = _open(db)
+    with store.session() as session:
+        counts = image_store.status_counts(session)
+    if json_output:
+        _print_json([{"name": n, "images": sum(c.values()), **dict(c)} for n, c in counts.items()])
+        return
+    table = Table("dataset", "images", *IMAGE_STATUSES)
+    for name, by_status in counts.items():
+        cells = [str(by_status.get(s, 0)) for s in IMAGE_STATUSES]
+        table.add_row(name, str(sum(by_status.values())), *cells)
+    console.print(table)
+
+
+def _scan_json(result) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "datasets": result.datasets,
+        "files": result.files,
+        "new": result.new,
+        "changed": result.changed,
+        "unchanged": result.unchanged,
+        "missing": result.missing,
+        "stale_drafts": result.stale_drafts,
+        "by_status": dict(result.by_status),
+        "skipped": dict(result.skipped),
+        "duplicates": result.duplicates,
+        "duplicate_examples": result.duplicate_examples,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+
+
+def _render_scan(result) -> None:  # type: ignore[no-untyped-def]
+    table = Table("status", "files", title=f"Scanned {', '.join(result.datasets)}")
+    for status, n in sorted(result.by_status.items()):
+        table.add_row(status, str(n))
+    console.print(table)
+    rate = result.files / result.elapsed_s if result.elapsed_s else 0.0
+    console.print(
+        f"{result.files} files in {result.elapsed_s:.1f} s ({rate:.0f}/s): {result.new} new, "
+        f"{result.changed} changed, {result.unchanged} unchanged, {result.missing} missing"
+    )
+    if result.stale_drafts:
+        console.print(f"{result.stale_drafts} drafts marked stale (their image changed)")
+    if result.duplicates:
+        example = " = ".join(result.duplicate_examples[0]) if result.duplicate_examples else ""
+        console.print(
+            f"{result.duplicates} files repeat the content of another (captioned once), "
+            f"e.g. {example}",
+            markup=False,
+        )
+    if result.skipped:
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
+        console.print(f"Passed over: {skipped}", markup=False)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class _progress:
+    """A progress bar with a count and a rate on stderr; silent when asked or not a terminal."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label = label
+        self.quiet = quiet or not err_console.is_terminal
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.quiet:
+            return lambda done, note="", total=None: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(show_speed=True),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=err_console,
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=None, note="")
+
+        def report(done: int, note: str = "", total: int | None = None) -> None:
+            self._bar.update(task, completed=done, total=total, note=note)
+
+        return report
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self._bar.stop()
