@@ -1,62 +1,22 @@
-"""The command line: the only module that imports typer and rich.
-
-Each command parses its options, opens the store, calls one library function and renders the
-dataclass it returns. Library errors (`LabelerError`) become a one-line message and exit code 1
-in one place, `_Group.invoke`. Heavy modules (torch, the scan pool) are imported inside the
-commands, so `labeler --help` starts fast.
-"""
+"""`labeler scan` and `labeler datasets`."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from labeler.errors import LabelerError
-
-err_console = Console(stderr=True, highlight=False)
-console = Console(highlight=False)
-
-
-class _Group(TyperGroup):
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        try:
-            return super().invoke(ctx)
-        except LabelerError as exc:
-            err_console.print(f"Error: {exc}", markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-
-app = typer.Typer(
-    cls=_Group,
-    help="Pre-annotate image datasets with draft captions scored by their log-likelihood.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        envvar="LABELER_DB",
-        help="Store: a SQLite file or a SQLAlchemy URL (postgresql://...). Default ./labeler.db.",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _open(db: str | None):  # type: ignore[no-untyped-def]
-    from labeler.store import open_store
-
-    return open_store(db)
+from labeler.cli.app import (
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    open_store_for,
+    print_json,
+    progress,
+)  # fmt: skip
 
 
 @app.command("scan")
@@ -91,8 +51,8 @@ def scan_cli(
     from labeler import imageio
     from labeler.scan import scan
 
-    store = _open(db)
-    with _progress("Scanning", json_output) as report:
+    store = open_store_for(db)
+    with progress("Scanning", json_output) as report:
         result = scan(
             store,
             paths,
@@ -106,7 +66,7 @@ def scan_cli(
             progress=lambda p: report(p.files, f"{p.read} read, {p.unchanged} unchanged"),
         )
     if json_output:
-        _print_json(_scan_json(result))
+        print_json(_scan_json(result))
         return
     _render_scan(result)
 
@@ -117,11 +77,11 @@ def datasets_cli(db: DbOption = None, json_output: JsonOption = False) -> None:
     from labeler.store import images as image_store
     from labeler.store.models import IMAGE_STATUSES
 
-    store = _open(db)
+    store = open_store_for(db)
     with store.session() as session:
         counts = image_store.status_counts(session)
     if json_output:
-        _print_json([{"name": n, "images": sum(c.values()), **dict(c)} for n, c in counts.items()])
+        print_json([{"name": n, "images": sum(c.values()), **dict(c)} for n, c in counts.items()])
         return
     table = Table("dataset", "images", *IMAGE_STATUSES)
     for name, by_status in counts.items():
@@ -169,49 +129,3 @@ def _render_scan(result) -> None:  # type: ignore[no-untyped-def]
     if result.skipped:
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
         console.print(f"Passed over: {skipped}", markup=False)
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-class _progress:
-    """A progress bar with a count and a rate on stderr; silent when asked or not a terminal."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label = label
-        self.quiet = quiet or not err_console.is_terminal
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if self.quiet:
-            return lambda done, note="", total=None: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(show_speed=True),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=err_console,
-            transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=None, note="")
-
-        def report(done: int, note: str = "", total: int | None = None) -> None:
-            self._bar.update(task, completed=done, total=total, note=note)
-
-        return report
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.quiet:
-            self._bar.stop()

@@ -1,0 +1,129 @@
+"""`labeler caption`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labeler.cli.app import (
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    open_store_for,
+    print_json,
+    progress,
+)  # fmt: skip
+
+
+@app.command("caption")
+def caption_cli(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model checkpoint file.")],
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="Only this dataset (repeatable); default: all.")
+    ] = None,
+    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy.")] = 3,
+    max_len: Annotated[int, typer.Option(help="Most decoding steps (words + end).")] = 20,
+    min_len: Annotated[int, typer.Option(help="Fewest words before the end.")] = 1,
+    length_penalty: Annotated[
+        float, typer.Option(help="GNMT length penalty alpha; 0 ranks by log-likelihood.")
+    ] = 0.0,
+    n_best: Annotated[int, typer.Option(help="Drafts kept per image (<= beam).")] = 1,
+    block_repeats: Annotated[
+        int, typer.Option(help="Forbid any n-gram of this size twice (0: off; 3: trigrams).")
+    ] = 0,
+    block_unk: Annotated[bool, typer.Option(help="Never emit the unknown word.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(help="Loader processes decoding images; 0 decodes inline.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Stop after about this many images.")] = None,
+    recaption: Annotated[
+        bool, typer.Option(help="Redo images that already have drafts from this model.")
+    ] = False,
+    lease: Annotated[
+        float, typer.Option(help="Seconds a worker's claim on a batch lasts if it dies.")
+    ] = 600.0,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Draft captions for every readable image that has none from this model and settings.
+
+    Safe to interrupt (Ctrl-C finishes the current batch) and to run in several processes or
+    machines on one store: each image is captioned once.
+    """
+    from labeler.caption import caption_images
+    from labeler.model.captioner import ShowTellCaptioner
+    from labeler.model.drafts import DecodeSettings
+
+    settings = DecodeSettings(
+        beam_size=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+        n_best=n_best, block_repeat_ngram=block_repeats, block_unk=block_unk,
+    )  # fmt: skip
+    store = open_store_for(db)
+    captioner = ShowTellCaptioner.from_checkpoint(model, device=device)
+    with progress("Captioning", json_output) as report, _StopOnInterrupt() as stop:
+        result = caption_images(
+            store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
+            workers=workers, limit=limit, recaption=recaption, lease_s=lease,
+            model_source=str(model.resolve()), should_stop=stop.requested,
+            progress=lambda p: report(p.done, f"{p.failed} failed", p.total),
+        )  # fmt: skip
+    if json_output:
+        print_json(_caption_json(result))
+    else:
+        _render_caption(result)
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C asks the job to stop after its current batch; the second aborts."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        import signal
+
+        self._asked = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # type: ignore[no-untyped-def]
+        if self._asked:
+            raise KeyboardInterrupt
+        self._asked = True
+        err_console.print("Stopping after the current batch (Ctrl-C again to abort now)...")
+
+    def requested(self) -> bool:
+        return self._asked
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _caption_json(result) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "run_id": result.run_id, "model": result.model, "settings_key": result.settings_key,
+        **result.counts(), "interrupted": result.interrupted,
+        "elapsed_s": round(result.elapsed_s, 3), "timings": result.timings,
+    }  # fmt: skip
+
+
+def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
+    rate = result.images / result.elapsed_s if result.elapsed_s else 0.0
+    mean = f"{result.mean_confidence:.3f}" if result.mean_confidence is not None else "-"
+    table = Table("captioned", "model calls", "shared", "failed", "flagged", "mean confidence",
+                  title=f"Run {result.run_id}: {result.model} ({result.settings_key})")  # fmt: skip
+    table.add_row(str(result.images), str(result.contents), str(result.copied),
+                  str(sum(result.failed.values())), str(result.flagged), mean)  # fmt: skip
+    console.print(table)
+    for reason, n in result.failed.most_common():
+        console.print(f"  failed {n}: {reason}", markup=False)
+    console.print(f"{result.elapsed_s:.1f} s, {rate:.1f} images/s")
+    if result.interrupted:
+        console.print("Interrupted: the drafts written so far are kept; run the same command "
+                      "again to finish.")  # fmt: skip
