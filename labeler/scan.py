@@ -30,7 +30,7 @@ from labeler.store.models import utcnow
 from labeler.walk import Found, WalkStats, display, walk
 
 LOOKUP_BATCH = 512  # paths looked up in the store at once
-TASK_SIZE = 32  # files per task sent to a worker
+TASK_SIZE = 64  # files per task sent to a worker
 WRITE_BATCH = 500  # rows per write transaction
 UNCHANGED_OK = ("ok", "unsupported")  # statuses that re-reading identical bytes cannot change
 

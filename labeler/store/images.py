@@ -72,12 +72,12 @@ def upsert_images(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert or update image rows (each has dataset_id, path, path_raw and the probe columns)."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Image)
+    connection = session.connection()  # Core, not the ORM's bulk path: a third of the cost
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Image.__table__)
     refreshed = {name: stmt.excluded[name] for name in (*PROBE_COLUMNS, "path", "scanned_at")}
     stmt = stmt.on_conflict_do_update(index_elements=["dataset_id", "path_raw"], set_=refreshed)
-    session.execute(stmt, list(rows))
+    connection.execute(stmt, list(rows))
 
 
 def mark_stale(session: Session, image_ids: Iterable[int]) -> int:
