@@ -1,0 +1,273 @@
+"""Label Studio: tasks with pre-annotations out, the three export flavours back in.
+
+Out: a JSON array of tasks (DESIGN.md, "Interchange formats") and, beside it,
+`<stem>.config.xml`, the labeling config to paste into the project. Each task's `data` carries
+the image URL and everything `labeler import` needs to match the task back without Label
+Studio's own ids: image_id, path, content_hash, caption_id, and the draft itself
+(`draft_caption`, so that accepted-unchanged can be told from edited). No data key is named
+`caption`: Label Studio's CSV export would rename a data key that collides with the control's
+column. Every draft is a prediction whose `score` is the confidence; n-best alternatives are
+further predictions of the same model version, best first, each with its own score.
+
+The two files are staged together and renamed at the end (`atomic_outputs`).
+
+In: one record per task from the JSON export, one per annotation from the flat ones.
+- JSON (the full export): of the annotations not cancelled, the latest (updated_at, else
+  created_at) wins; a task whose annotations were all cancelled was skipped. A submitted
+  annotation without a caption result means the reviewer deleted the draft: rejected.
+- JSON_MIN and CSV are what Label Studio's converter flattens that into, one record per
+  annotation not cancelled: the data keys, the control's text as `caption` (a string; for
+  several text lines {"text": [...]} or a list of those, JSON-encoded in CSV), annotator,
+  annotation_id, created_at, updated_at. Cancelled annotations are dropped by the converter,
+  so no skipped outcome comes back from these; a record with an annotation_id but no caption
+  is rejected, one without an annotation_id (a task nobody annotated) is not reviewed.
+Several text lines are joined with a space: captions are one line everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from labeler.errors import FormatError, InputError
+from labeler.formats.atomic import atomic_outputs
+from labeler.formats.rows import (
+    ExportResult,
+    ExportRow,
+    ReviewRecord,
+    decide_outcome,
+    finite_or_none,
+    int_field,
+    text_field,
+    time_field,
+)
+from labeler.formats.tabular import json_text
+
+CONTROL = "caption"  # the TextArea's name: from_name in results, the column in flat exports
+OBJECT = "image"
+LABEL_CONFIG = (
+    f'<View><Image name="{OBJECT}" value="$image"/><TextArea name="{CONTROL}" '
+    f'toName="{OBJECT}" editable="true" maxSubmissions="1"/></View>\n'
+)
+LOCAL_FILES = "/data/local-files/?d="
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def config_path(dest: Path) -> Path:
+    """Where the labeling config goes: tasks.json -> tasks.config.xml."""
+    return dest.with_name(f"{dest.stem}.config.xml")
+
+
+def image_url(row: ExportRow, *, document_root: Path | None, url_prefix: str | None) -> str:
+    """A local-files URL relative to the document root, or the URL prefix plus the path.
+
+    The path is percent-encoded: Label Studio decodes the query, and a '#', '&' or space in
+    a file name would otherwise cut the URL short.
+    """
+    if url_prefix is not None:
+        return f"{url_prefix.rstrip('/')}/{quote(row.path)}"
+    assert document_root is not None
+    image = Path(os.path.abspath(row.abs_path))
+    try:
+        relative = image.relative_to(document_root)
+    except ValueError:
+        raise InputError(
+            f"image {row.abs_path} (id {row.image_id}) is not under the document root "
+            f"{document_root}; use a root that contains every image, or a URL prefix"
+        ) from None
+    return LOCAL_FILES + quote(relative.as_posix())
+
+
+def _prediction(row: ExportRow, rank: int, text: str, confidence: float) -> dict[str, Any]:
+    score = finite_or_none(confidence)
+    result = {
+        "id": f"c{rank}",
+        "from_name": CONTROL,
+        "to_name": OBJECT,
+        "type": "textarea",
+        "value": {"text": [text]},
+    }
+    return {
+        "model_version": row.model_version,
+        # Label Studio refuses a score outside [0, 1]; rounding can push exp(0) a hair over.
+        "score": None if score is None else min(max(score, 0.0), 1.0),
+        "result": [result],
+    }
+
+
+def task(row: ExportRow, url: str) -> dict[str, Any]:
+    """One task: the image, the ids to match it back, and the drafts as predictions."""
+    least = row.least_certain
+    data = {
+        "image": url,
+        "image_id": row.image_id,
+        "dataset": row.dataset,
+        "path": row.path,
+        "content_hash": row.content_hash,
+        "caption_id": row.caption_id,
+        "draft_caption": row.text,
+        "confidence": row.confidence,
+        "log_likelihood": row.log_likelihood,
+        "least_certain_word": least[0] if least else None,
+    }
+    predictions = [_prediction(row, 0, row.text, row.confidence)]
+    predictions += [_prediction(row, a.rank, a.text, a.confidence) for a in row.alternatives]
+    return {"data": data, "predictions": predictions}
+
+
+def write_label_studio(
+    rows: Iterable[ExportRow],
+    dest: Path,
+    *,
+    force: bool = False,
+    document_root: Path | None = None,
+    url_prefix: str | None = None,
+) -> ExportResult:
+    """Write the tasks to `dest` and the labeling config to `config_path(dest)`."""
+    if (document_root is None) == (url_prefix is None):
+        raise InputError("give either a document root (local files) or a URL prefix")
+    root = Path(os.path.abspath(document_root)) if document_root is not None else None
+    config = config_path(dest)
+    count = 0
+    with atomic_outputs([dest, config], force=force) as (out, config_out):
+        out.write("[")
+        for row in rows:
+            url = image_url(row, document_root=root, url_prefix=url_prefix)
+            out.write(",\n" if count else "\n")
+            out.write(json_text(task(row, url)))
+            count += 1
+        out.write("\n]\n")
+        config_out.write(LABEL_CONFIG)
+    return ExportResult(count=count, paths=[dest, config])
+
+
+# --- reading Label Studio's exports ---------------------------------------------------------
+
+
+def _reviewer(value: object) -> str | None:
+    # completed_by is a user id, or in older exports and with some settings a user dict.
+    if isinstance(value, dict):
+        value = value.get("email") or value.get("id")
+    if value is None or value == "" or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _ids(where: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    ids = {
+        "image_id": int_field(data.get("image_id"), where, "image_id"),
+        "path": text_field(data.get("path"), where, "path") or None,
+        "content_hash": text_field(data.get("content_hash"), where, "content_hash") or None,
+    }
+    if not any(ids.values()):
+        raise FormatError(f"{where}: the task data has no image_id, path or content_hash")
+    ids["caption_id"] = int_field(data.get("caption_id"), where, "caption_id")
+    ids["draft_text"] = text_field(data.get("draft_caption"), where, "draft_caption")
+    return ids
+
+
+def _joined(texts: Iterable[object], where: str) -> str:
+    parts = [text_field(t, where, CONTROL) for t in texts]
+    return " ".join(p for p in parts if p)
+
+
+def _annotation_text(annotation: Mapping[str, Any], where: str, control: str) -> str | None:
+    """The control's text in one annotation's result, or None when there is none."""
+    result = annotation.get("result") or []
+    if not isinstance(result, list):
+        raise FormatError(f"{where}: annotation result is not a list")
+    texts = []
+    for region in result:
+        if isinstance(region, dict) and region.get("from_name") == control:
+            value = region.get("value") or {}
+            text = value.get("text") if isinstance(value, dict) else None
+            texts.extend(text if isinstance(text, list) else [text])
+    return _joined(texts, where) if texts else None
+
+
+def _latest(annotations: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    # Parsed, not compared as text: '...00Z' sorts after '...00.5Z' as a string.
+    return max(annotations, key=lambda a: _annotation_time(a, where) or _EPOCH)
+
+
+def review_from_task(where: str, item: object, *, control: str = CONTROL) -> ReviewRecord | None:
+    """A task of Label Studio's JSON export; None when nobody annotated it."""
+    if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
+        raise FormatError(f"{where}: not a Label Studio task (no 'data' object)")
+    ids = _ids(where, item["data"])
+    annotations = item.get("annotations", item.get("completions"))  # older exports: completions
+    if annotations is None:
+        return None
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise FormatError(f"{where}: 'annotations' is not a list of objects")
+    if not annotations:
+        return None
+    done = [a for a in annotations if not (a.get("was_cancelled") or a.get("skipped"))]
+    chosen = _latest(done or annotations, where)
+    if not done:
+        reviewed, outcome = None, "skipped"
+    else:
+        reviewed = _annotation_text(chosen, where, control)
+        outcome = None if reviewed else "rejected"
+    decided = decide_outcome(where, ids["draft_text"], reviewed, outcome)
+    assert decided is not None  # an outcome or a text is always given here
+    return ReviewRecord(
+        where=where,
+        **ids,
+        reviewed_text=decided[0],
+        outcome=decided[1],
+        reviewer=_reviewer(chosen.get("completed_by")),
+        reviewed_at=_annotation_time(chosen, where),
+    )
+
+
+def _annotation_time(record: Mapping[str, Any], where: str) -> datetime | None:
+    stamp = record.get("updated_at") or record.get("created_at")
+    return time_field(stamp, where, "updated_at")
+
+
+def _flat_caption(value: object, where: str) -> str | None:
+    """`caption` of JSON_MIN / CSV: text, or for several text lines {"text": [...]} (one region)
+    or a list of those (several regions), JSON-encoded in CSV."""
+    if isinstance(value, str) and value[:2] in ('{"', "[{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value  # a caption that merely starts like JSON
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        texts: list[object] = []
+        for part in value:
+            text = part.get("text") if isinstance(part, dict) else part
+            texts.extend(text if isinstance(text, list) else [text])
+        return _joined(texts, where) or None
+    return text_field(value, where, CONTROL) or None
+
+
+def review_from_flat(
+    where: str, item: Mapping[str, Any], *, control: str = CONTROL
+) -> ReviewRecord | None:
+    """A JSON_MIN record or a CSV row; None when the task was not annotated."""
+    if not isinstance(item, Mapping):
+        raise FormatError(f"{where}: expected an object, got {type(item).__name__}")
+    ids = _ids(where, item)
+    reviewed = _flat_caption(item.get(control), where)
+    annotated = reviewed is not None or item.get("annotation_id") not in (None, "")
+    if not annotated:
+        return None
+    decided = decide_outcome(where, ids["draft_text"], reviewed, None if reviewed else "rejected")
+    assert decided is not None
+    return ReviewRecord(
+        where=where,
+        **ids,
+        reviewed_text=decided[0],
+        outcome=decided[1],
+        reviewer=_reviewer(item.get("annotator")),
+        reviewed_at=_annotation_time(item, where),
+    )

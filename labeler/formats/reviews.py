@@ -1,0 +1,265 @@
+"""Reading reviewed captions back: our CSV / JSONL / JSON after editing, and Label Studio's exports.
+
+The whole file is read and checked before anything is returned, so a malformed file yields an
+error naming its line or record and no records at all: the store can then import all or
+nothing. Files are UTF-8 (a byte-order mark is fine, as Excel writes one); anything else is
+refused with the line of the first bad byte rather than guessed at, because a wrong guess
+silently corrupts every accented caption.
+
+The format is detected from the content, not the name: a JSON array is told apart by its first
+element (`data` + annotations: Label Studio JSON; `reviewed_caption` / `outcome`: ours; a
+`caption` or `annotator` key: Label Studio JSON_MIN), a CSV by its header (ours has
+`reviewed_caption`; Label Studio's has `annotation_id`), and lines of objects are our JSONL.
+CSV delimiters other than a comma (Excel writes ';' in many locales) are recognised from the
+header.
+
+Matching records to images, and refusing unknown images or paths outside a dataset, is the
+store's job; here a record only has to name an image (image_id, path or content_hash).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from labeler.errors import FormatError, InputError
+from labeler.formats import labelstudio
+from labeler.formats.rows import (
+    ReviewRecord,
+    decide_outcome,
+    int_field,
+    text_field,
+    time_field,
+)
+
+FORMATS = ("csv", "jsonl", "json", "label-studio", "label-studio-min", "label-studio-csv")
+ALIASES = {
+    "label-studio-json": "label-studio",
+    "ls": "label-studio",
+    "json-min": "label-studio-min",
+    "json_min": "label-studio-min",
+    "label-studio-json-min": "label-studio-min",
+    "ls-csv": "label-studio-csv",
+}
+ID_COLUMNS = ("image_id", "path", "content_hash")
+OUR_REVIEW_COLUMNS = ("reviewed_caption", "outcome")
+LS_MARKERS = ("annotation_id", "annotator", "lead_time")
+DELIMITERS = (",", ";", "\t")
+
+
+def read_reviews(path: Path, *, fmt: str | None = None) -> list[ReviewRecord]:
+    """Every reviewed row of `path`, in file order; unreviewed rows are left out."""
+    fmt = _check_format_name(fmt)
+    text = read_text(path)
+    name = path.name
+    document = _load_json(text, name) if _is_json_array(text, fmt) else None
+    fmt = fmt or _detect(text, name, document)
+    if document is not None:
+        items = _numbered(document, name)
+    elif fmt in ("csv", "label-studio-csv"):
+        items = _csv_items(text, name, fmt)
+    elif fmt == "jsonl":
+        items = _jsonl_items(text, name)
+    else:  # a JSON flavour was asked for, but the file is not an array
+        items = _numbered(_load_json(text, name), name)
+    convert = {
+        "label-studio": labelstudio.review_from_task,
+        "label-studio-min": labelstudio.review_from_flat,
+        "label-studio-csv": labelstudio.review_from_flat,
+    }.get(fmt, review_from_ours)
+    records = (convert(where, item) for where, item in items)
+    return [r for r in records if r is not None]
+
+
+def detect_format(path: Path) -> str:
+    """The format name of an import file (one of FORMATS)."""
+    text = read_text(path)
+    document = _load_json(text, path.name) if _is_json_array(text, None) else None
+    return _detect(text, path.name, document)
+
+
+def _is_json_array(text: str, fmt: str | None) -> bool:
+    return fmt in (None, "json", "label-studio", "label-studio-min") and text.lstrip()[:1] == "["
+
+
+def _check_format_name(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    name = ALIASES.get(fmt.lower(), fmt.lower())
+    if name not in FORMATS:
+        raise InputError(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return name
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FormatError(
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+            "save the file as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
+
+
+def _detect(text: str, name: str, document: list[Any] | None) -> str:
+    if document is not None:
+        return _json_flavour(document[0] if document else None, name)
+    head = text.lstrip()[:1]
+    if not head:
+        raise FormatError(f"{name}: the file is empty")
+    if head == "{":
+        return "jsonl"
+    header = _header(text)
+    if any(c in header for c in OUR_REVIEW_COLUMNS):
+        return "csv"
+    if any(c in header for c in LS_MARKERS) or labelstudio.CONTROL in header:
+        return "label-studio-csv"
+    raise FormatError(
+        f"{name} line 1: cannot tell the format: no reviewed_caption/outcome column (our CSV) "
+        "and no annotation_id/caption column (Label Studio CSV)"
+    )
+
+
+def _json_flavour(first: object, name: str) -> str:
+    if first is None:
+        return "json"  # an empty array: nothing to import in any flavour
+    if isinstance(first, dict):
+        if isinstance(first.get("data"), dict):
+            return "label-studio"
+        if any(c in first for c in OUR_REVIEW_COLUMNS):
+            return "json"
+        if labelstudio.CONTROL in first or any(c in first for c in LS_MARKERS):
+            return "label-studio-min"
+    raise FormatError(
+        f"{name} record 1: cannot tell the format: neither Label Studio tasks nor records "
+        "with a reviewed_caption or outcome"
+    )
+
+
+# --- from text to (where, item) pairs ---------------------------------------------------------
+
+
+def _load_json(text: str, name: str) -> list[Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FormatError(
+            f"{name} line {exc.lineno} column {exc.colno}: bad JSON: {exc.msg}"
+        ) from None
+    if not isinstance(document, list):
+        kind = type(document).__name__
+        raise FormatError(f"{name}: expected a JSON array of records, got {kind}")
+    return document
+
+
+def _numbered(document: list[Any], name: str) -> Iterator[tuple[str, Any]]:
+    for index, item in enumerate(document, start=1):
+        yield f"{name} record {index}", item
+
+
+def _jsonl_items(text: str, name: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name} line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{where} column {exc.colno}: bad JSON: {exc.msg}") from None
+        yield where, item
+
+
+def _header(text: str) -> list[str]:
+    first_line = _first_line(text)
+    return next(csv.reader([first_line], delimiter=_delimiter(first_line)), [])
+
+
+def _delimiter(first_line: str) -> str:
+    known = {*ID_COLUMNS, *OUR_REVIEW_COLUMNS, *LS_MARKERS, labelstudio.CONTROL}
+    for delimiter in DELIMITERS:
+        if known & {c.strip() for c in first_line.split(delimiter)}:
+            return delimiter
+    return ","
+
+
+def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, str]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(_first_line(text)))
+    header = [c.strip() for c in next(reader, [])]
+    _check_columns(header, name, fmt)
+    line = reader.line_num
+    while True:
+        start = line + 1  # a caption with newlines spans lines: name the first one
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FormatError(f"{name} line {reader.line_num}: unreadable CSV: {exc}") from None
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{name} line {start}"
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
+            raise FormatError(
+                f"{where}: {len(row)} fields but the header has {len(header)} "
+                "(an unquoted comma in a caption?)"
+            )
+        yield where, {key: (value or None) for key, value in zip(header, row, strict=False)}
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0].rstrip("\r")
+
+
+def _check_columns(header: list[str], name: str, fmt: str) -> None:
+    missing = []
+    if not any(c in header for c in ID_COLUMNS):
+        missing.append(" or ".join(ID_COLUMNS))
+    if fmt == "csv" and not any(c in header for c in OUR_REVIEW_COLUMNS):
+        missing.append(" or ".join(OUR_REVIEW_COLUMNS))
+    if missing:
+        raise FormatError(f"{name} line 1: missing column {'; missing column '.join(missing)}")
+
+
+# --- our own records ----------------------------------------------------------------------------
+
+
+def review_from_ours(where: str, item: object) -> ReviewRecord | None:
+    """A row of our CSV/JSONL/JSON export after review; None when it was left unreviewed."""
+    if not isinstance(item, Mapping):
+        raise FormatError(f"{where}: expected an object, got {type(item).__name__}")
+    if not any(c in item for c in OUR_REVIEW_COLUMNS):
+        raise FormatError(f"{where}: no reviewed_caption or outcome field")
+    reviewed = text_field(item.get("reviewed_caption"), where, "reviewed_caption")
+    outcome = text_field(item.get("outcome"), where, "outcome")
+    draft = text_field(item.get("draft_caption"), where, "draft_caption")
+    decided = decide_outcome(where, draft, reviewed, outcome)
+    if decided is None:
+        return None
+    ids = {
+        "image_id": int_field(item.get("image_id"), where, "image_id"),
+        "path": text_field(item.get("path"), where, "path") or None,
+        "content_hash": text_field(item.get("content_hash"), where, "content_hash") or None,
+    }
+    if not any(ids.values()):
+        raise FormatError(f"{where}: no image_id, path or content_hash to match the image")
+    return ReviewRecord(
+        where=where,
+        **ids,
+        caption_id=int_field(item.get("caption_id"), where, "caption_id"),
+        draft_text=draft,
+        reviewed_text=decided[0],
+        outcome=decided[1],
+        reviewer=text_field(item.get("reviewer"), where, "reviewer") or None,
+        reviewed_at=time_field(item.get("reviewed_at"), where, "reviewed_at"),
+    )

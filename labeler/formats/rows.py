@@ -1,0 +1,225 @@
+"""The plain records that flow between the store and the file formats.
+
+The store streams `ExportRow`s (already filtered and sorted) into a writer, and every parser
+returns `ReviewRecord`s for the store to match against images. Neither side imports the other:
+these frozen dataclasses are the whole contract. Derived scores (least certain word, flags) are
+computed here from the raw fields, never stored, so every format derives them the same way;
+likewise the outcome rules and field checks live here once for every import format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from labeler.errors import FormatError
+
+OUTCOMES = ("accepted", "edited", "rejected", "skipped")
+"""Review outcomes: accepted unchanged, edited, rejected (the draft is unusable), skipped."""
+
+END_TOKEN = "<end>"
+"""How the end token is named when it is the least certain token of a finished draft."""
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A lower-ranked beam-search hypothesis; rank 1 is the runner-up (the best is rank 0)."""
+
+    rank: int
+    text: str
+    log_likelihood: float
+    num_tokens: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    """One draft caption of one image, with its review if there is one."""
+
+    image_id: int
+    dataset: str
+    path: str  # relative to the dataset root, '/'-separated
+    abs_path: str
+    content_hash: str
+    width: int | None
+    height: int | None
+    model_name: str
+    model_hash: str
+    settings_key: str
+    caption_id: int
+    text: str
+    log_likelihood: float
+    num_tokens: int
+    confidence: float
+    token_logprobs: list[float]  # the words, then the end token when finished
+    margin: float | None
+    finished: bool
+    repeated_ngram: bool
+    has_unknown: bool
+    alternatives: tuple[Alternative, ...] = ()
+    review_text: str | None = None
+    review_outcome: str | None = None
+    reviewer: str | None = None
+    reviewed_at: datetime | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """A degenerate draft: no end token within the length limit, repeats, or unknown words."""
+        return not self.finished or self.repeated_ngram or self.has_unknown
+
+    @property
+    def least_certain(self) -> tuple[str, float] | None:
+        """The token with the lowest log-probability and that log-probability.
+
+        Tokens are the caption's whitespace-separated words followed by the end token, which
+        is how the decoder emitted them; an index past the words is the end token.
+        """
+        logprobs = self.token_logprobs
+        if not logprobs:
+            return None
+        index = logprobs.index(min(logprobs))  # the first of equals; two C calls, no key=
+        words = self.text.split()
+        word = words[index] if index < len(words) else END_TOKEN
+        return word, logprobs[index]
+
+    @property
+    def model_version(self) -> str:
+        """A short label naming the model and its weights, e.g. 'show-tell-ab12cd'."""
+        return f"{self.model_name}-{self.model_hash[:6]}" if self.model_hash else self.model_name
+
+    @property
+    def final_text(self) -> str:
+        """The caption to train on: the reviewer's text if the draft was edited, else the draft."""
+        if self.review_outcome == "edited" and self.review_text:
+            return self.review_text
+        return self.text
+
+
+@dataclass
+class ExportResult:
+    """What a writer produced.
+
+    `paths` lists the files written, except for sidecars where it holds only the output folder
+    (a list of a million paths would defeat streaming). `skipped` counts sidecars left alone
+    because they existed, `conflicts` sidecars that two rows of this export mapped to.
+    """
+
+    count: int
+    paths: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One reviewed caption read from a file, not yet matched to an image in the store.
+
+    `where` names the place in the file ("reviews.csv line 12", "export.json record 3") so
+    that the store can name it when the record does not match. At least one of image_id, path,
+    content_hash is set. `outcome` is None only when the file did not say and the draft text
+    was not there to compare against: the store then compares with its own draft.
+    """
+
+    where: str
+    image_id: int | None = None
+    path: str | None = None
+    content_hash: str | None = None
+    caption_id: int | None = None
+    draft_text: str | None = None
+    reviewed_text: str | None = None
+    outcome: str | None = None
+    reviewer: str | None = None
+    reviewed_at: datetime | None = None
+
+
+def normalise_text(text: str) -> str:
+    """Collapse runs of whitespace (newlines included) so that re-typed captions compare equal."""
+    return " ".join(text.split())
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity; such a score is written as null rather than invalid JSON."""
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 time ('Z' allowed); a time without a zone is taken as UTC."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def decide_outcome(
+    where: str, draft: str | None, reviewed: str | None, outcome: str | None
+) -> tuple[str | None, str | None] | None:
+    """Apply the outcome rules; return (reviewed text, outcome), or None for an unreviewed row.
+
+    - no reviewed caption and no outcome: not reviewed (None);
+    - an explicit outcome wins, after validation against OUTCOMES (any case);
+      'accepted' with an empty caption means the draft, and with a caption that differs from
+      the draft it contradicts itself (an error, so that a forgotten edit is not lost);
+      'edited' needs a caption;
+    - otherwise the caption equal to the draft (whitespace normalised) is accepted, a different
+      one edited, and without the draft to compare with the outcome is left to the store (None).
+    """
+    text = normalise_text(reviewed) if reviewed else ""
+    said = (outcome or "").strip().lower()
+    if not text and not said:
+        return None
+    plain_draft = normalise_text(draft) if draft is not None else None
+    if said:
+        if said not in OUTCOMES:
+            raise FormatError(
+                f"{where}: unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}"
+            )
+        if said == "accepted":
+            if text and plain_draft is not None and text != plain_draft:
+                raise FormatError(
+                    f"{where}: outcome 'accepted' but the reviewed caption differs from the "
+                    "draft; set the outcome to 'edited' or clear it"
+                )
+            return (text or plain_draft or None), said
+        if said == "edited" and not text:
+            raise FormatError(f"{where}: outcome 'edited' needs a reviewed caption")
+        return (text or None), said
+    if plain_draft is None:
+        return text, None
+    return text, ("accepted" if text == plain_draft else "edited")
+
+
+def text_field(value: object, where: str, name: str) -> str | None:
+    """A caption-like field: text or missing; a number or a list is a malformed file."""
+    if value is None or isinstance(value, str):
+        return value
+    raise FormatError(f"{where}: {name} is not text (got {type(value).__name__} {value!r:.40})")
+
+
+def int_field(value: object, where: str, name: str) -> int | None:
+    """An id: a whole number, or text holding one ('17', or '17.0' as spreadsheets write it)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float | str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if number.is_integer():
+            return int(number)
+    raise FormatError(f"{where}: {name} must be a whole number, got {value!r:.40}")
+
+
+def time_field(value: object, where: str, name: str) -> datetime | None:
+    """An ISO 8601 time, or missing."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(value)
+        except ValueError:
+            pass
+    raise FormatError(f"{where}: {name} is not an ISO 8601 time: {value!r:.40}")
