@@ -1,0 +1,159 @@
+"""The captioner interface the caption job uses, and its Show and Tell implementation.
+
+A captioner is anything with an identity, a name, a `preprocess` for one decoded image and a
+`caption` for a batch of preprocessed images that returns n-best drafts with their confidence
+fields. The caption job depends only on `Captioner`, so another model family plugs in by
+implementing these four members.
+
+`preprocess` returns uint8 pixels and `caption` normalises them on the model's device (see
+preprocessing.py). On CUDA the encoder runs under autocast (bfloat16 where supported, else float16)
+and in channels_last, where the convolutions are fastest; the decoder and the beam search always
+run in float32, so a draft's log-likelihood does not depend on the device's half-precision
+arithmetic more than it has to.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from labeler.errors import ModelError
+from labeler.model.beam import Hypothesis, beam_search
+from labeler.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from labeler.model.drafts import DecodeSettings, Draft, ImageDrafts
+from labeler.model.preprocessing import Preprocessing
+
+__all__ = [
+    "Captioner",
+    "DecodeSettings",
+    "Draft",
+    "ImageDrafts",
+    "ShowTellCaptioner",
+    "pick_device",
+]
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    identity: str  # content hash of the model file: drafts are stored per identity
+    name: str  # short human-readable version, e.g. Label Studio's model_version
+    input_size: tuple[int, int]  # (H, W) of what preprocess returns
+    # What preprocess does, as data: decoding workers use it (e.g. to_tensor, JPEG draft size).
+    preprocessing: Preprocessing
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB PIL image -> uint8 tensor (3, H, W); safe to call in worker processes."""
+        ...
+
+    def caption(self, images: torch.Tensor, settings: DecodeSettings) -> list[ImageDrafts]:
+        """A batch (B, 3, H, W) of preprocess outputs -> one ImageDrafts per image, in order."""
+        ...
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for a name: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but CUDA is not available here")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} asked for, but MPS is not available here")
+    return chosen
+
+
+class ShowTellCaptioner:
+    """Show and Tell behind the Captioner interface."""
+
+    def __init__(
+        self,
+        loaded: LoadedCheckpoint,
+        *,
+        device: str | torch.device = "auto",
+        channels_last: bool | None = None,  # None: on CUDA only
+        autocast: bool | None = None,  # None: on CUDA only; encoder only
+    ) -> None:
+        if len(loaded.vocab) <= 4:
+            raise ModelError(f"{loaded.path} has an empty vocabulary")
+        self.device = pick_device(device)
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = on_cuda if channels_last is None else channels_last
+        self.autocast = on_cuda if autocast is None else autocast
+        self.model = loaded.model.to(self.device).eval()
+        if self.channels_last:
+            self.model.encoder.to(memory_format=torch.channels_last)
+        self.vocab = loaded.vocab
+        self.preprocessing = loaded.preprocessing
+        self.identity = loaded.content_hash
+        self.name = f"show-tell-{loaded.content_hash[:6]}"
+        self.input_size = (loaded.preprocessing.crop, loaded.preprocessing.crop)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "auto", **kwargs):
+        return cls(load_checkpoint(path), device=device, **kwargs)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.preprocessing.to_tensor(image)
+
+    def caption(self, images: torch.Tensor, settings: DecodeSettings) -> list[ImageDrafts]:
+        """uint8 pixels as from `preprocess`; a floating tensor is taken as already normalised."""
+        if images.dim() != 4 or images.size(1) != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        with torch.inference_mode():
+            embedding = self._encode(images)  # (B, E) float32
+            hyps = beam_search(
+                self.model.step,
+                self.model.init_state(embedding),
+                images.size(0),
+                start_id=self.vocab.start_id,
+                end_id=self.vocab.end_id,
+                unk_id=self.vocab.unk_id,
+                settings=settings,
+                banned_ids=(self.vocab.pad_id, self.vocab.start_id),
+                device=self.device,
+            )
+        return [self._drafts(h, settings.n_best) for h in hyps]
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if not images.is_floating_point():
+            images = self.preprocessing.normalize(images)  # (B, 3, H, W) float32
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp = nullcontext()
+        if self.autocast and self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            amp = torch.autocast("cuda", dtype=dtype)
+        with amp:
+            features = self.model.features(images)  # (B, F)
+        return self.model.encode(features.float())  # (B, E): the projection in float32
+
+    def _drafts(self, hyps: list[Hypothesis], n_best: int) -> ImageDrafts:
+        if not hyps:
+            raise ModelError("the decoding settings leave no caption possible for this model")
+        drafts = [self._draft(h) for h in hyps]
+        margin = drafts[0].log_likelihood - drafts[1].log_likelihood if len(drafts) > 1 else None
+        return ImageDrafts(drafts=drafts[:n_best], margin=margin)
+
+    def _draft(self, hyp: Hypothesis) -> Draft:
+        words = [self.vocab.itos[i] for i in hyp.token_ids]
+        return Draft.build(
+            words,
+            hyp.token_ids,
+            hyp.token_logprobs,
+            finished=hyp.finished,
+            score=hyp.score,
+            unk_id=self.vocab.unk_id,
+            text=self.vocab.detokenize(words),
+        )
