@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
@@ -12,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from labeler.errors import StoreError
 from labeler.store import open_store, resolve_url
-from labeler.store.migrate import backup_sqlite, head_revision
+from labeler.store.engine import create_engine_for
+from labeler.store.migrate import alembic_config, backup_sqlite, head_revision
 from labeler.store.models import Base, Caption, Dataset, Image, Model
 
 EXPECTED_COLUMNS = {
@@ -34,6 +36,10 @@ EXPECTED_COLUMNS = {
     "reviews": [
         "id", "image_id", "caption_id", "text", "outcome", "reviewer", "reviewed_at", "source",
         "fingerprint", "imported_at",
+    ],
+    "caption_claims": [
+        "id", "model_id", "settings_key", "content_hash", "worker", "run_id", "claimed_at",
+        "expires_at",
     ],
     "alembic_version": ["version_num"],
 }  # fmt: skip
@@ -163,3 +169,54 @@ def test_backup_copies_every_row(tmp_path):
     assert copy.name.startswith("s.db.backup-0001-")
     rows = sqlite3.connect(copy).execute("SELECT path FROM images").fetchall()
     assert rows == [("a.png",)]
+
+
+def _store_at(url: str, revision: str):
+    engine = create_engine_for(resolve_url(url))
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), revision)
+    return engine
+
+
+def test_a_store_from_0001_with_rows_upgrades_with_its_rows_intact(store_url, tmp_path):
+    engine = _store_at(store_url, "0001")
+    with engine.connect() as conn, conn.begin():
+        conn.execute(
+            text(
+                "INSERT INTO datasets (id, name, root, root_raw, created_at) "
+                "VALUES (1, 'd', '/d', :raw, CURRENT_TIMESTAMP)"
+            ),
+            {"raw": b"/d"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO images (id, dataset_id, path, path_raw, status, reason, "
+                "first_seen_at, scanned_at) VALUES (7, 1, 'caf\\xe9.png', :raw, "
+                "'unreadable', 'truncated', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"raw": b"caf\xe9.png"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO models (id, content_hash, name, family, registered_at) "
+                "VALUES (3, :h, 'm', 'show-tell', CURRENT_TIMESTAMP)"
+            ),
+            {"h": "a" * 64},
+        )
+    engine.dispose()
+    upgraded = open_store(store_url)
+    with upgraded.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+        rows = conn.execute(text("SELECT id, path, path_raw, status, reason FROM images")).all()
+        assert [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows] == [
+            (7, "caf\\xe9.png", b"caf\xe9.png", "unreadable", "truncated")
+        ]
+        assert conn.execute(text("SELECT content_hash FROM models")).scalar() == "a" * 64
+        assert conn.execute(text("SELECT count(*) FROM caption_claims")).scalar() == 0
+    upgraded.dispose()
+    backups = list(tmp_path.glob("store.db.backup-0001-*"))
+    if upgraded.is_sqlite:
+        assert len(backups) == 1
+        copy = sqlite3.connect(backups[0])
+        assert copy.execute("SELECT id FROM images").fetchall() == [(7,)]
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]

@@ -179,3 +179,22 @@ class Review(Base):
     # Hash of what the review says; importing the same file twice adds nothing.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CaptionClaim(Base):
+    """A worker's lease on one content hash for one model and settings (the caption job)."""
+
+    __tablename__ = "caption_claims"
+    __table_args__ = (
+        UniqueConstraint("model_id", "settings_key", "content_hash"),
+        Index(None, "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    settings_key: Mapped[str] = mapped_column(String(32))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str] = mapped_column(String(200))  # host, pid and a random suffix
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("caption_runs.id", ondelete="SET NULL"))
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,162 @@
+"""The caption pipeline against the bare model and against the reference implementations' way.
+
+Measured side by side in one run, per backbone, on generated 1600x1200 JPEGs, random weights
+(nothing downloaded), vocabulary 10,000, hidden 512, beam 3, batch 32, this machine's CPU:
+  (a) bare model: `captioner.caption` on already-decoded, preprocessed tensors (the ceiling)
+  (b) `labeler caption` end to end: store look-ups, leases, loader processes decoding with JPEG
+      draft mode, the model, the writes (the scan is done before the clock starts)
+  (c) the reference way: one image at a time, full JPEG decode, per-image beam search
+Goals (issue 5): (b)/(a) >= 0.85 and (b)/(c) >= 3. Then peak resident memory of (b) on N and
+10N images (in fresh processes, with a small model so the run stays short): goal <= 1.2x.
+
+    python benchmarks/bench_caption.py                       # 96 images, resnet50 and mobilenet
+    python benchmarks/bench_caption.py --images 32 --backbones mobilenet_v3_large --no-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import imagefactory  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from labeler.caption import caption_images  # noqa: E402
+from labeler.model.captioner import ShowTellCaptioner  # noqa: E402
+from labeler.model.checkpoint import save_checkpoint  # noqa: E402
+from labeler.model.drafts import DecodeSettings  # noqa: E402
+from labeler.model.show_tell import ModelConfig, ShowAndTell  # noqa: E402
+from labeler.model.vocab import Vocabulary  # noqa: E402
+from labeler.scan import scan  # noqa: E402
+from labeler.store import open_store  # noqa: E402
+
+SETTINGS = DecodeSettings(beam_size=3, max_len=20)
+
+
+def make_checkpoint(path: Path, backbone: str, vocab_size: int, hidden: int, crop: int | None):
+    torch.manual_seed(0)
+    words = [f"w{i}" for i in range(vocab_size - 4)]
+    vocab = Vocabulary.build([" ".join(words)], min_count=1)
+    config = ModelConfig(backbone=backbone, embed_size=hidden, hidden_size=hidden,
+                         vocab_size=len(vocab), dropout=0.0)  # fmt: skip
+    if crop is not None:
+        from dataclasses import replace
+
+        smaller = replace(config.preprocessing, resize=crop + crop // 7, crop=crop)
+        config = replace(config, preprocessing=smaller)
+    save_checkpoint(path, ShowAndTell(config).eval(), vocab, training={"note": "benchmark"})
+    return path
+
+
+def bare_model(captioner, paths, batch: int) -> float:
+    """(a): decode and preprocess first, untimed; then time the model alone."""
+    tensors = []
+    for p in paths:
+        with Image.open(p) as im:
+            tensors.append(captioner.preprocess(im.convert("RGB")))
+    start = time.perf_counter()
+    for i in range(0, len(tensors), batch):
+        captioner.caption(torch.stack(tensors[i : i + batch]), SETTINGS)
+    return len(tensors) / (time.perf_counter() - start)
+
+
+def end_to_end(captioner, folder: Path, db: Path, batch: int, workers: int | None) -> float:
+    """(b): the library call behind `labeler caption`, on a store scanned beforehand."""
+    store = open_store(db)
+    scan(store, [folder])
+    start = time.perf_counter()
+    result = caption_images(store, captioner, settings=SETTINGS, batch_size=batch, workers=workers)
+    elapsed = time.perf_counter() - start
+    assert result.images == len(list(folder.glob("*.jpg"))), result
+    return result.images / elapsed
+
+
+def reference_way(captioner, paths) -> float:
+    """(c): one image at a time, full decode, beam search per image."""
+    start = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as im:
+            pixels = captioner.preprocess(im.convert("RGB"))
+        captioner.caption(pixels.unsqueeze(0), SETTINGS)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def peak_rss_run(folder: Path, model: Path, db: Path) -> int:
+    """Peak resident memory (KiB) of a fresh process scanning and captioning `folder`."""
+    code = (
+        "import resource, sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}]\n"
+        "from labeler.caption import caption_images\n"
+        "from labeler.model.captioner import ShowTellCaptioner\n"
+        "from labeler.model.drafts import DecodeSettings\n"
+        "from labeler.scan import scan\n"
+        "from labeler.store import open_store\n"
+        "if __name__ == '__main__':\n"
+        f"    store = open_store({str(db)!r})\n"
+        f"    scan(store, [{str(folder)!r}])\n"
+        f"    c = ShowTellCaptioner.from_checkpoint({str(model)!r}, device='cpu')\n"
+        "    caption_images(store, c, settings=DecodeSettings(beam_size=3, max_len=12),\n"
+        "                   batch_size=16, workers=1)\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    script = db.with_suffix(".py")
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def memory(tmp: Path, images: int) -> None:
+    model = make_checkpoint(tmp / "small.pt", "resnet18", 2000, 128, crop=64)
+    small, large = tmp / "mem-small", tmp / "mem-large"
+    imagefactory.write_many(small, images, size=(640, 480))
+    imagefactory.write_many(large, images * 10, size=(640, 480))
+    a = peak_rss_run(small, model, tmp / "mem-small.db")
+    b = peak_rss_run(large, model, tmp / "mem-large.db")
+    print(f"peak RSS, {images} images: {a / 1024:.0f} MiB; {images * 10}: {b / 1024:.0f} MiB; "
+          f"ratio {b / a:.2f} (goal <= 1.2)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="loader processes for (b)")
+    parser.add_argument("--backbones", nargs="+", default=["resnet50", "mobilenet_v3_large"])
+    parser.add_argument("--vocab", type=int, default=10_000)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "photos"
+        paths = imagefactory.write_many(folder, args.images, size=(1600, 1200))
+        print(f"{args.images} JPEGs of 1600x1200, beam 3, batch {args.batch}, "
+              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")  # fmt: skip
+        results = {}
+        for backbone in args.backbones:
+            model = make_checkpoint(tmp / f"{backbone}.pt", backbone, args.vocab, args.hidden, None)
+            captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
+            a = bare_model(captioner, paths, args.batch)
+            b = end_to_end(captioner, folder, tmp / f"{backbone}.db", args.batch, args.workers)
+            c = reference_way(captioner, paths[: max(8, args.images // 4)])
+            results[backbone] = {"bare": a, "pipeline": b, "reference": c}
+            print(f"{backbone:>20}: (a) bare {a:6.2f} img/s  (b) labeler caption {b:6.2f} img/s  "
+                  f"(c) reference {c:6.2f} img/s  |  b/a {b / a:.2f} (goal >= 0.85)  "
+                  f"b/c {b / c:.2f} (goal >= 3)")  # fmt: skip
+        print(json.dumps(results))
+        if not args.no_memory:
+            memory(tmp, max(20, args.images // 2))
+
+
+if __name__ == "__main__":
+    main()

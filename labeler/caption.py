@@ -1,0 +1,294 @@
+"""`labeler caption`: draft captions for every readable image that lacks them, safely in bulk.
+
+The loop, per batch: lease up to `batch_size` contents (store/captions.py explains the leases),
+decode them in loader processes, run the captioner on the batch, then write the drafts and drop
+the leases in one transaction. The next batch is leased and decoding while the model works on
+the current one, so the model, not the loader, sets the pace. Nothing is ever half-written: a run
+killed at any moment leaves the batches it committed, and its leases expire for the next run or
+another worker.
+
+`should_stop` is polled between batches: Ctrl-C in the CLI sets it, so the current batch is
+finished and committed before the run ends as `interrupted`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from labeler import loader
+from labeler.errors import InputError
+from labeler.model.drafts import DecodeSettings
+from labeler.store import Store
+from labeler.store import captions as caption_store
+from labeler.store.models import utcnow
+
+POLL_S = 1.0  # how often a finished worker looks again while others still hold leases
+
+
+@dataclass
+class CaptionProgress:
+    done: int  # images that got drafts in this run
+    total: int  # images that needed drafts when the run started (others may share the work)
+    failed: int
+
+
+@dataclass
+class CaptionResult:
+    run_id: int
+    model: str
+    settings_key: str
+    images: int = 0  # images that got drafts
+    contents: int = 0  # distinct contents the model captioned
+    copied: int = 0  # images served from an identical image's existing drafts
+    failed: Counter[str] = field(default_factory=Counter)  # "status: reason" -> images
+    flagged: int = 0  # best drafts that are unfinished, repetitive or hold an unknown word
+    confidence_sum: float = 0.0
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return self.confidence_sum / self.images if self.images else None
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "images": self.images, "contents": self.contents, "copied": self.copied,
+            "failed": dict(self.failed), "flagged": self.flagged,
+            "mean_confidence": self.mean_confidence,
+        }  # fmt: skip
+
+
+@dataclass
+class _Batch:
+    hashes: list[str]
+    work: list[caption_store.Work]
+    decoded: list[Future[loader.Decoded]]
+
+
+class _Run:
+    """One worker's state: the store, the model, the leases it holds, and the tallies."""
+
+    def __init__(self, store, captioner, settings, datasets, lease, result, pool) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self.captioner = captioner
+        self.settings = settings
+        self.key = settings.key()
+        self.datasets = datasets
+        self.lease = lease
+        self.result = result
+        self.pool = pool
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.model_id = 0
+        self.cursor = 0
+        self.timings: Counter[str] = Counter()
+
+    def _ids(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "settings_key": self.key}
+
+    def next_batch(self, size: int, *, wait: bool = True) -> _Batch | None:
+        """Lease and start decoding the next batch. None when no work is left anywhere, or,
+        without `wait`, when what is left is leased by others (a worker holding a batch must
+        never wait for another's: two of them would wait for each other)."""
+        while True:
+            with self.store.write() as session:
+                now = utcnow()
+                rows = caption_store.pending(
+                    session, **self._ids(), datasets=self.datasets, after_id=self.cursor,
+                    limit=size * 4, now=now,
+                )  # fmt: skip
+                if rows:
+                    self.cursor = rows[-1][0]
+                    wanted = list(dict.fromkeys(h for _, h in rows))[:size]
+                    held = caption_store.claim(
+                        session, **self._ids(), hashes=wanted, worker=self.worker,
+                        run_id=self.result.run_id, now=now, lease=self.lease,
+                    )  # fmt: skip
+                    batch = self._prepare(session, held) if held else None
+                    if batch is not None:
+                        return batch
+                    continue
+                waiting_for = caption_store.leases_elsewhere(
+                    session, **self._ids(), worker=self.worker, now=now
+                )
+            if self.cursor == 0 and (waiting_for is None or not wait):
+                return None  # a whole pass found nothing pending and nobody working
+            if self.cursor == 0:
+                time.sleep(POLL_S)  # others hold the rest; wait for them or their leases
+            self.cursor = 0
+
+    def _prepare(self, session, held: list[str]) -> _Batch | None:  # type: ignore[no-untyped-def]
+        work = caption_store.work_for(session, **self._ids(), hashes=held, datasets=self.datasets)
+        served = caption_store.copy_known_drafts(
+            session, **self._ids(), work=work, run_id=self.result.run_id
+        )
+        todo = [w for w in work if w.content_hash not in served]
+        self.result.copied += sum(len(w.image_ids) for w in work if w.content_hash in served)
+        done = [h for h in held if h not in {w.content_hash for w in todo}]
+        caption_store.release(session, **self._ids(), hashes=done, worker=self.worker)
+        if not todo:
+            return None
+        futures = [self.pool.submit(w.paths) for w in todo]
+        return _Batch([w.content_hash for w in todo], todo, futures)
+
+    def finish_batch(self, batch: _Batch) -> None:
+        """Wait for the decoded images, caption them, and commit drafts and failures at once."""
+        started = time.perf_counter()
+        decoded = [f.result() for f in batch.decoded]
+        self.timings["decode_wait_s"] += time.perf_counter() - started
+        usable = [(w, d) for w, d in zip(batch.work, decoded, strict=True) if d.pixels is not None]
+        results = []
+        if usable:
+            started = time.perf_counter()
+            pixels = loader.stack([d.pixels for _, d in usable], self.captioner)
+            drafts = self.captioner.caption(pixels, self.settings)
+            self.timings["model_s"] += time.perf_counter() - started
+            results = [(w, dr) for (w, _), dr in zip(usable, drafts, strict=True)]
+        started = time.perf_counter()
+        failures = [f for w, d in zip(batch.work, decoded, strict=True) for f in d.failures(w)]
+        with self.store.write() as session:
+            now = utcnow()
+            caption_store.save_drafts(
+                session, **self._ids(), run_id=self.result.run_id, results=results, now=now
+            )
+            caption_store.fail_images(session, failures, now)
+            caption_store.release(session, **self._ids(), hashes=batch.hashes, worker=self.worker)
+        self.timings["store_s"] += time.perf_counter() - started
+        self._tally(results, failures)
+
+    def give_back(self, batch: _Batch) -> None:
+        for future in batch.decoded:
+            future.cancel()
+        with self.store.write() as session:
+            caption_store.release(session, **self._ids(), hashes=batch.hashes, worker=self.worker)
+
+    def renew(self, batch: _Batch) -> None:
+        with self.store.write() as session:
+            caption_store.renew(
+                session, **self._ids(), hashes=batch.hashes, worker=self.worker,
+                until=utcnow() + self.lease,
+            )  # fmt: skip
+
+    def _tally(self, results, failures) -> None:  # type: ignore[no-untyped-def]
+        for work, drafts in results:
+            best = drafts.best
+            n = len(work.image_ids)
+            self.result.images += n
+            self.result.contents += 1
+            self.result.confidence_sum += best.confidence * n
+            if not best.finished or best.repeated_ngram or best.has_unknown:
+                self.result.flagged += n
+        for _, status, reason in failures:
+            self.result.failed[f"{status}: {reason}"] += 1
+
+
+def caption_images(
+    store: Store,
+    captioner,  # type: ignore[no-untyped-def]  # labeler.model.captioner.Captioner
+    *,
+    settings: DecodeSettings,
+    datasets: Sequence[str] | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    limit: int | None = None,
+    recaption: bool = False,
+    lease_s: float = 600.0,
+    model_source: str | None = None,
+    progress: Callable[[CaptionProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CaptionResult:
+    """Caption every readable image in scope that has no fresh draft from this model and
+    settings; safe to run in several processes on one store."""
+    if batch_size < 1:
+        raise InputError("batch size must be at least 1")
+    started = time.perf_counter()
+    scope, model_id, run = _begin(store, captioner, settings, datasets, recaption, model_source)
+    result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
+    with store.session() as session:
+        total, _ = caption_store.count_pending(
+            session, model_id=model_id, settings_key=settings.key(), datasets=scope
+        )
+    status, error = "completed", None
+    with loader.Loader(captioner, workers=workers) as pool:
+        state = _Run(store, captioner, settings, scope, dt.timedelta(seconds=lease_s), result, pool)
+        state.model_id = model_id
+        try:
+            _loop(state, batch_size, limit, progress, should_stop, total)
+            status = "interrupted" if result.interrupted else "completed"
+        except BaseException as exc:
+            status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                             f"{type(exc).__name__}: {exc}")  # fmt: skip
+            raise
+        finally:
+            result.elapsed_s = time.perf_counter() - started
+            result.timings = {k: round(v, 3) for k, v in state.timings.items()}
+            _end(store, state, result, status, error)
+    return result
+
+
+def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # type: ignore[no-untyped-def]
+    current = state.next_batch(batch_size)
+    while current is not None:
+        if should_stop and should_stop():
+            state.give_back(current)  # leased and maybe decoded, but not captioned: not ours
+            state.result.interrupted = True
+            return
+        room = None if limit is None else limit - state.result.images - len(current.work)
+        size = batch_size if room is None else min(batch_size, room)
+        upcoming = state.next_batch(size, wait=False) if size > 0 else None
+        state.finish_batch(current)
+        if progress is not None:
+            done = state.result.images + state.result.copied
+            progress(CaptionProgress(done, total, sum(state.result.failed.values())))
+        if upcoming is not None:
+            state.renew(upcoming)
+            current = upcoming
+        elif size > 0:
+            current = state.next_batch(size)  # may wait for other workers' leases
+        else:
+            current = None
+
+
+def _begin(store, captioner, settings, datasets, recaption, source):  # type: ignore[no-untyped-def]
+    with store.write() as session:
+        scope = None
+        if datasets:
+            found = caption_store.dataset_ids(session, datasets)
+            unknown = [d for d in datasets if d not in found]
+            if unknown:
+                raise InputError(f"no dataset named {', '.join(unknown)}; see `labeler datasets`")
+            scope = sorted(found.values())
+        model_id = caption_store.register_model(
+            session, content_hash=captioner.identity, name=captioner.name,
+            family=getattr(captioner, "family", "show-tell"), source=source,
+            info=getattr(captioner, "info", None),
+        )  # fmt: skip
+        if recaption:
+            caption_store.mark_all_stale(
+                session, model_id=model_id, settings_key=settings.key(), datasets=scope
+            )
+        run_id = caption_store.start_run(
+            session, model_id=model_id, settings_key=settings.key(), settings=settings.to_dict(),
+            host=socket.gethostname(), pid=os.getpid(),
+        )  # fmt: skip
+    return scope, model_id, run_id
+
+
+def _end(store, state, result, status, error) -> None:  # type: ignore[no-untyped-def]
+    """Record the run and give back any lease still held (an error, a second Ctrl-C)."""
+    with store.write() as session:
+        caption_store.release_all(session, worker=state.worker)
+        caption_store.finish_run(
+            session, result.run_id, status=status, counts=result.counts(),
+            timings={**result.timings, "total_s": round(result.elapsed_s, 3)}, error=error,
+            now=utcnow(),
+        )  # fmt: skip

@@ -1,0 +1,117 @@
+"""Decoding images for the caption job in loader processes.
+
+Each task is one content to caption with every path that holds it: the first path that decodes
+wins, and the ones that fail are reported with a status and a reason (the file changed or
+vanished since the scan). Decoding is `imageio.load_rgb` (JPEG draft mode at the smallest DCT
+scale that still covers the model's resize, EXIF orientation, odd modes converted) followed by the
+captioner's own resize and crop. Workers return uint8 numpy arrays, which pickle as plain bytes;
+torch tensors would travel through shared-memory file descriptors, one per image.
+
+Workers ignore SIGINT: Ctrl-C is the main process's to handle, between batches.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labeler import imageio
+
+
+@dataclass
+class Decoded:
+    """The pixels of the first path that decoded (or None), and why the others failed."""
+
+    pixels: np.ndarray | None  # uint8 (3, H, W)
+    errors: list[tuple[int, str, str]] = field(default_factory=list)  # (path index, status, why)
+
+    def failures(self, work) -> list[tuple[int, str, str]]:  # type: ignore[no-untyped-def]
+        """(image id, status, reason) for each path of `work` that failed."""
+        return [(work.image_ids[i], status, reason) for i, status, reason in self.errors]
+
+
+def decode_first(
+    paths: Sequence[bytes], preprocess: Callable, min_side: int, max_pixels: int
+) -> Decoded:  # type: ignore[type-arg]
+    errors = []
+    for index, path in enumerate(paths):
+        try:
+            image = imageio.load_rgb(path, max_pixels=max_pixels, draft_size=(min_side, min_side))
+        except imageio.ImageDecodeError as exc:
+            errors.append((index, exc.status, exc.reason))
+            continue
+        pixels = preprocess(image)
+        return Decoded(np.ascontiguousarray(pixels.numpy()), errors)
+    return Decoded(None, errors)
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(1)  # one decode per process; the model keeps the cores
+
+
+class _Inline(Executor):
+    """workers=0: decode in the calling process (debugging, tiny runs)."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+        return future
+
+
+class Loader:
+    """A pool of decoding processes bound to one captioner's preprocessing."""
+
+    def __init__(self, captioner, *, workers: int | None = None,
+                 max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+        preprocessing = captioner.preprocessing
+        self.preprocess = preprocessing.to_tensor
+        self.min_side = int(preprocessing.resize)
+        self.max_pixels = max_pixels
+        self.workers = (
+            max(1, min(4, (multiprocessing.cpu_count() or 2) // 2)) if workers is None else workers
+        )
+        self._pool: Executor | None = None
+
+    def __enter__(self) -> Loader:
+        if self.workers == 0:
+            self._pool = _Inline()
+        else:
+            method = (
+                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            )
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context(method),
+                initializer=_quiet_worker,
+            )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, paths: Sequence[bytes]) -> Future[Decoded]:
+        assert self._pool is not None, "use the Loader as a context manager"
+        return self._pool.submit(decode_first, tuple(paths), self.preprocess, self.min_side,
+                                 self.max_pixels)  # fmt: skip
+
+
+def stack(pixels: Sequence[np.ndarray], captioner):  # type: ignore[no-untyped-def]
+    """One uint8 batch (B, 3, H, W), pinned when the captioner runs on CUDA."""
+    import torch
+
+    batch = torch.from_numpy(np.stack(pixels))  # (B, 3, H, W) uint8
+    device = getattr(captioner, "device", None)
+    if device is not None and torch.device(device).type == "cuda":
+        batch = batch.pin_memory()
+    return batch

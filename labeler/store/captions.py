@@ -1,0 +1,323 @@
+"""Store functions for the caption job: models, runs, leases on work, and drafts.
+
+The unit of work is a content hash, not an image: identical files are captioned once and every
+image with that content gets the same drafts. Workers find pending work by walking image ids
+upwards from a cursor (each query touches one batch, whatever the store's size), lease it with
+one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at < now RETURNING`, which succeeds for a
+hash nobody holds or whose lease ran out (a crashed worker's), and write a batch's drafts and drop
+its leases in one transaction. A draft is replaced, never duplicated: the unique constraint on
+(image, model, settings, rank) backs that up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from labeler.model.drafts import ImageDrafts
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, Dataset, Image, Model
+
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Work:
+    """One content hash to caption and the images that carry it (first is tried first)."""
+
+    content_hash: str
+    image_ids: tuple[int, ...]
+    paths: tuple[bytes, ...]  # absolute, raw bytes
+
+
+def register_model(
+    session: Session, *, content_hash: str, name: str, family: str, source: str | None,
+    info: dict[str, Any] | None,
+) -> int:  # fmt: skip
+    found = session.scalar(select(Model.id).where(Model.content_hash == content_hash))
+    if found is not None:
+        return found
+    model = Model(content_hash=content_hash, name=name, family=family, source=source, info=info)
+    session.add(model)
+    session.flush()
+    return model.id
+
+
+def start_run(
+    session: Session, *, model_id: int, settings_key: str, settings: dict[str, Any],
+    host: str, pid: int,
+) -> int:  # fmt: skip
+    run = CaptionRun(
+        model_id=model_id, settings_key=settings_key, settings=settings, status="running",
+        host=host, pid=pid,
+    )  # fmt: skip
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish_run(
+    session: Session, run_id: int, *, status: str, counts: dict[str, Any],
+    timings: dict[str, float], error: str | None = None, now: dt.datetime,
+) -> None:  # fmt: skip
+    session.execute(
+        update(CaptionRun)
+        .where(CaptionRun.id == run_id)
+        .values(status=status, counts=counts, timings=timings, error=error, finished_at=now)
+    )
+
+
+def dataset_ids(session: Session, names: Sequence[str]) -> dict[str, int]:
+    rows = session.execute(select(Dataset.name, Dataset.id).where(Dataset.name.in_(list(names))))
+    return dict(rows.all())
+
+
+def _fresh_draft(model_id: int, settings_key: str):  # type: ignore[no-untyped-def]
+    return exists().where(
+        Caption.image_id == Image.id,
+        Caption.model_id == model_id,
+        Caption.settings_key == settings_key,
+        Caption.rank == 0,
+        Caption.stale.is_(False),
+    )
+
+
+def _scope(datasets: Sequence[int] | None):  # type: ignore[no-untyped-def]
+    return [Image.dataset_id.in_(list(datasets))] if datasets else []
+
+
+def mark_all_stale(
+    session: Session, *, model_id: int, settings_key: str, datasets: Sequence[int] | None
+) -> int:
+    """For --recaption: every draft of this model and settings (in scope) is to be redone."""
+    stmt = update(Caption).where(
+        Caption.model_id == model_id, Caption.settings_key == settings_key,
+        Caption.stale.is_(False),
+    )  # fmt: skip
+    if datasets:
+        in_scope = select(Image.id).where(*_scope(datasets))
+        stmt = stmt.where(Caption.image_id.in_(in_scope))
+    return session.execute(stmt.values(stale=True)).rowcount or 0
+
+
+def pending(
+    session: Session, *, model_id: int, settings_key: str, datasets: Sequence[int] | None,
+    after_id: int, limit: int, now: dt.datetime,
+) -> list[tuple[int, str]]:  # fmt: skip
+    """(image id, content hash) of readable images above `after_id` that need drafts and that
+    no live lease covers, in id order."""
+    leased = exists().where(
+        CaptionClaim.model_id == model_id,
+        CaptionClaim.settings_key == settings_key,
+        CaptionClaim.content_hash == Image.content_hash,
+        CaptionClaim.expires_at > now,
+    )
+    query = (
+        select(Image.id, Image.content_hash)
+        .where(Image.status == "ok", Image.id > after_id, *_scope(datasets))
+        .where(~_fresh_draft(model_id, settings_key), ~leased)
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    return [(i, h) for i, h in session.execute(query)]
+
+
+def count_pending(
+    session: Session, *, model_id: int, settings_key: str, datasets: Sequence[int] | None
+) -> tuple[int, int]:
+    """Images that need drafts, and how many distinct contents they hold."""
+    query = select(func.count(), func.count(func.distinct(Image.content_hash))).where(
+        Image.status == "ok", *_scope(datasets), ~_fresh_draft(model_id, settings_key)
+    )
+    images, contents = session.execute(query).one()
+    return int(images), int(contents)
+
+
+def claim(
+    session: Session, *, model_id: int, settings_key: str, hashes: Iterable[str], worker: str,
+    run_id: int, now: dt.datetime, lease: dt.timedelta,
+) -> list[str]:  # fmt: skip
+    """Lease these hashes; returns the ones this worker now holds."""
+    rows = [
+        {"model_id": model_id, "settings_key": settings_key, "content_hash": h, "worker": worker,
+         "run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+        for h in dict.fromkeys(hashes)
+    ]  # fmt: skip
+    if not rows:
+        return []
+    connection = session.connection()
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    table = CaptionClaim.__table__
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["model_id", "settings_key", "content_hash"],
+        set_={c: stmt.excluded[c] for c in ("worker", "run_id", "claimed_at", "expires_at")},
+        where=table.c.expires_at <= now,
+    ).returning(table.c.content_hash)
+    return list(connection.execute(stmt.values(rows)).scalars())
+
+
+def renew(
+    session: Session, *, hashes: Sequence[str], worker: str, model_id: int, settings_key: str,
+    until: dt.datetime,
+) -> None:  # fmt: skip
+    for start in range(0, len(hashes), CHUNK):
+        session.execute(
+            update(CaptionClaim)
+            .where(_mine(hashes[start : start + CHUNK], worker, model_id, settings_key))
+            .values(expires_at=until)
+        )
+
+
+def release(
+    session: Session, *, hashes: Sequence[str], worker: str, model_id: int, settings_key: str
+) -> None:
+    for start in range(0, len(hashes), CHUNK):
+        session.execute(
+            delete(CaptionClaim).where(
+                _mine(hashes[start : start + CHUNK], worker, model_id, settings_key)
+            )
+        )
+
+
+def release_all(session: Session, *, worker: str) -> None:
+    session.execute(delete(CaptionClaim).where(CaptionClaim.worker == worker))
+
+
+def _mine(hashes, worker, model_id, settings_key):  # type: ignore[no-untyped-def]
+    return and_(
+        CaptionClaim.content_hash.in_(list(hashes)), CaptionClaim.worker == worker,
+        CaptionClaim.model_id == model_id, CaptionClaim.settings_key == settings_key,
+    )  # fmt: skip
+
+
+def leases_elsewhere(
+    session: Session, *, model_id: int, settings_key: str, worker: str, now: dt.datetime
+) -> dt.datetime | None:
+    """When the first live lease held by another worker runs out; None when there is none."""
+    return session.scalar(
+        select(func.min(CaptionClaim.expires_at)).where(
+            CaptionClaim.model_id == model_id, CaptionClaim.settings_key == settings_key,
+            CaptionClaim.worker != worker, CaptionClaim.expires_at > now,
+        )
+    )  # fmt: skip
+
+
+def work_for(
+    session: Session, *, model_id: int, settings_key: str, hashes: Sequence[str],
+    datasets: Sequence[int] | None,
+) -> list[Work]:  # fmt: skip
+    """The images in scope that still need drafts for these hashes, grouped by hash."""
+    grouped: dict[str, list[tuple[int, bytes]]] = {h: [] for h in hashes}
+    for start in range(0, len(hashes), CHUNK):
+        rows = session.execute(
+            select(Image.id, Image.content_hash, Dataset.root_raw, Image.path_raw)
+            .join(Dataset, Dataset.id == Image.dataset_id)
+            .where(Image.content_hash.in_(list(hashes[start : start + CHUNK])))
+            .where(Image.status == "ok", *_scope(datasets), ~_fresh_draft(model_id, settings_key))
+            .order_by(Image.id)
+        )
+        for image_id, content_hash, root, rel in rows:
+            grouped[content_hash].append((image_id, os.path.join(bytes(root), bytes(rel))))
+    return [
+        Work(h, tuple(i for i, _ in items), tuple(p for _, p in items))
+        for h, items in grouped.items()
+        if items
+    ]
+
+
+def copy_known_drafts(
+    session: Session, *, model_id: int, settings_key: str, work: Sequence[Work], run_id: int
+) -> set[str]:
+    """Give images the drafts another image with the same content already has; returns the
+    hashes so served, which need no model call."""
+    served = set()
+    for item in work:
+        donor = session.scalar(
+            select(Caption.image_id)
+            .join(Image, Image.id == Caption.image_id)
+            .where(Image.content_hash == item.content_hash, Caption.model_id == model_id)
+            .where(Caption.settings_key == settings_key, Caption.rank == 0)
+            .where(Caption.stale.is_(False))
+            .limit(1)
+        )
+        if donor is None:
+            continue
+        drafts = session.scalars(
+            select(Caption)
+            .where(Caption.image_id == donor, Caption.model_id == model_id)
+            .where(Caption.settings_key == settings_key)
+            .order_by(Caption.rank)
+        ).all()
+        rows = [_copy(d, image_id, run_id) for image_id in item.image_ids for d in drafts]
+        _replace(session, model_id, settings_key, item.image_ids, rows)
+        served.add(item.content_hash)
+    return served
+
+
+def _copy(draft: Caption, image_id: int, run_id: int) -> dict[str, Any]:
+    columns = [c.key for c in Caption.__table__.columns if c.key not in ("id", "created_at")]
+    row = {key: getattr(draft, key) for key in columns}
+    return {**row, "image_id": image_id, "run_id": run_id, "stale": False}
+
+
+def save_drafts(
+    session: Session, *, model_id: int, settings_key: str, run_id: int,
+    results: Sequence[tuple[Work, ImageDrafts]], now: dt.datetime,
+) -> int:  # fmt: skip
+    """Write the n-best drafts of each hash to every image that carries it; returns rows."""
+    rows: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    for item, drafts in results:
+        image_ids.extend(item.image_ids)
+        for image_id in item.image_ids:
+            rows.extend(
+                _row(image_id, model_id, settings_key, run_id, rank, d, drafts.margin, now)
+                for rank, d in enumerate(drafts.drafts)
+            )
+    _replace(session, model_id, settings_key, image_ids, rows)
+    return len(rows)
+
+
+def _replace(session, model_id, settings_key, image_ids, rows) -> None:  # type: ignore[no-untyped-def]
+    connection = session.connection()
+    for start in range(0, len(image_ids), CHUNK):
+        connection.execute(
+            delete(Caption).where(
+                Caption.image_id.in_(list(image_ids[start : start + CHUNK])),
+                Caption.model_id == model_id, Caption.settings_key == settings_key,
+            )
+        )  # fmt: skip
+    if rows:
+        connection.execute(Caption.__table__.insert(), rows)
+
+
+def _row(image_id, model_id, settings_key, run_id, rank, draft, margin, now) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return {
+        "image_id": image_id, "model_id": model_id, "settings_key": settings_key,
+        "run_id": run_id, "rank": rank, "text": draft.text,
+        "log_likelihood": draft.log_likelihood, "num_tokens": draft.num_tokens,
+        "confidence": draft.confidence, "score": draft.score,
+        "token_logprobs": draft.token_logprobs, "margin": margin, "finished": draft.finished,
+        "repeated_ngram": draft.repeated_ngram, "has_unknown": draft.has_unknown,
+        "stale": False, "created_at": now,
+    }  # fmt: skip
+
+
+def fail_images(
+    session: Session, failures: Sequence[tuple[int, str, str]], now: dt.datetime
+) -> None:
+    """Images that could not be decoded now: their status and reason say why (a re-scan looks
+    at them again)."""
+    for image_id, status, reason in failures:
+        session.execute(
+            update(Image)
+            .where(Image.id == image_id)
+            .values(status=status, reason=f"caption: {reason}", scanned_at=now)
+        )

@@ -1,0 +1,180 @@
+"""The caption job through the library: drafts stored with every field, resumable, once per
+content, failures recorded per image, and batch size not changing any draft."""
+
+from __future__ import annotations
+
+import os
+
+import imagefactory as make
+import pytest
+from captionkit import tiny_checkpoint
+from sqlalchemy import func, select
+
+from labeler.caption import caption_images
+from labeler.errors import InputError
+from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.drafts import DecodeSettings
+from labeler.scan import scan
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image
+
+SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=2)
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+    return ShowTellCaptioner.from_checkpoint(path, device="cpu")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    make.write_many(folder, 7, size=(48, 40), fmt="JPEG")
+    make.palette_png_transparent(folder)
+    make.text_as_jpg(folder)  # unsupported: never captioned
+    return folder
+
+
+def _run(store, captioner, **options):
+    options = {"settings": SETTINGS, "workers": 0, "batch_size": 3, **options}
+    return caption_images(store, captioner, **options)
+
+
+def _drafts(store, rank=None):
+    with store.session() as session:
+        query = select(Caption).order_by(Caption.image_id, Caption.rank)
+        if rank is not None:
+            query = query.where(Caption.rank == rank)
+        return session.scalars(query).all()
+
+
+def test_every_readable_image_gets_n_best_drafts_with_every_field(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    result = _run(store, captioner)
+    assert (result.images, result.contents, sum(result.failed.values())) == (8, 8, 0)
+    drafts = _drafts(store)
+    assert len(drafts) == 16 and {d.rank for d in drafts} == {0, 1}
+    for d in drafts:
+        assert d.text and d.num_tokens == len(d.token_logprobs) >= 1
+        assert d.log_likelihood == pytest.approx(sum(d.token_logprobs))
+        assert d.confidence == pytest.approx(2.718281828459045 ** (d.log_likelihood / d.num_tokens))
+        assert 0 < d.confidence <= 1 and d.margin is not None and d.margin >= 0
+        assert d.settings_key == SETTINGS.key() and not d.stale
+    best = {d.image_id: d for d in drafts if d.rank == 0}
+    second = {d.image_id: d for d in drafts if d.rank == 1}
+    assert all(best[i].score >= second[i].score and best[i].text != second[i].text for i in best)
+    with store.session() as session:
+        run = session.scalar(select(CaptionRun))
+        assert run.status == "completed" and run.counts["images"] == 8
+        assert run.settings == SETTINGS.to_dict() and run.finished_at is not None
+        assert session.scalar(select(func.count()).select_from(CaptionClaim)) == 0
+
+
+def test_a_second_run_has_nothing_to_do_and_recaption_redoes_everything(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    _run(store, captioner)
+    first = {d.id for d in _drafts(store)}
+    assert _run(store, captioner).images == 0
+    assert {d.id for d in _drafts(store)} == first
+    again = _run(store, captioner, recaption=True)
+    assert again.images == 8 and len(_drafts(store)) == 16
+    assert not first & {d.id for d in _drafts(store)}
+
+
+def test_other_settings_are_other_drafts(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    _run(store, captioner)
+    greedy = DecodeSettings(beam_size=1, max_len=8)
+    assert _run(store, captioner, settings=greedy).images == 8
+    with store.session() as session:
+        keys = session.execute(
+            select(Caption.settings_key, func.count()).group_by(Caption.settings_key)
+        ).all()
+    assert dict(keys) == {SETTINGS.key(): 16, greedy.key(): 8}
+
+
+def test_identical_content_is_captioned_once_and_shares_the_drafts(store, tmp_path, captioner):
+    folder = tmp_path / "photos"
+    (original,) = make.write_many(folder, 1, size=(48, 40))
+    (folder / "copy.jpg").write_bytes(original.read_bytes())
+    scan(store, [folder], workers=1)
+    result = _run(store, captioner)
+    assert (result.images, result.contents) == (2, 1)
+    a, b = (sorted((d.text, d.log_likelihood) for d in _drafts(store) if d.image_id == i)
+            for i in (1, 2))  # fmt: skip
+    assert a == b
+    make.write_many(folder / "later", 1, size=(48, 40), start=5)
+    (folder / "later" / "copy2.jpg").write_bytes(original.read_bytes())
+    scan(store, [folder], workers=1)
+    later = _run(store, captioner)
+    assert (later.images, later.contents, later.copied) == (1, 1, 1)
+
+
+def test_stale_drafts_are_redone(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    _run(store, captioner)
+    target = photos / "img_000000.jpg"
+    make.plain_image(photos, target.name, size=(48, 40), color=make.BLUE, fmt="JPEG")
+    os.utime(target, (os.path.getmtime(target) + 10,) * 2)
+    assert scan(store, [photos], workers=1).stale_drafts == 2
+    result = _run(store, captioner)
+    assert result.images == 1
+    assert not any(d.stale for d in _drafts(store))
+
+
+def test_a_file_that_broke_since_the_scan_is_recorded_and_the_run_goes_on(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    (photos / "img_000001.jpg").unlink()
+    make.truncated_jpeg(photos, "img_000002.jpg")
+    result = _run(store, captioner)
+    assert result.images == 6 and sum(result.failed.values()) == 2
+    with store.session() as session:
+        broken = {
+            row.path: (row.status, row.reason)
+            for row in session.scalars(select(Image).where(Image.path.like("img_00000_.jpg")))
+            if row.status != "ok"
+        }
+    assert broken["img_000001.jpg"][0] == "missing" and broken["img_000002.jpg"][0] == "unreadable"
+    assert all(reason.startswith("caption: ") for _, reason in broken.values())
+
+
+def test_an_interrupted_run_keeps_its_batches_and_the_next_finishes(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    calls = []
+
+    def stop_after_first_batch() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    first = _run(store, captioner, should_stop=stop_after_first_batch)
+    assert first.interrupted and first.images == 3
+    assert len(_drafts(store, rank=0)) == 3
+    rest = _run(store, captioner)
+    assert rest.images == 5 and not rest.interrupted
+    assert len(_drafts(store, rank=0)) == 8
+    with store.session() as session:
+        statuses = session.scalars(select(CaptionRun.status).order_by(CaptionRun.id)).all()
+    assert statuses == ["interrupted", "completed"]
+
+
+def test_the_limit_stops_early(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    assert _run(store, captioner, limit=4, batch_size=2).images == 4
+
+
+def test_batch_size_and_loader_processes_do_not_change_any_draft(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    _run(store, captioner, batch_size=1)
+    one_at_a_time = {(d.image_id, d.rank): (d.text, d.log_likelihood) for d in _drafts(store)}
+    _run(store, captioner, batch_size=8, workers=2, recaption=True)
+    batched = {(d.image_id, d.rank): (d.text, d.log_likelihood) for d in _drafts(store)}
+    assert batched.keys() == one_at_a_time.keys()
+    for key, (text, ll) in one_at_a_time.items():
+        assert batched[key][0] == text
+        assert batched[key][1] == pytest.approx(ll, abs=1e-4)
+
+
+def test_an_unknown_dataset_is_refused(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    with pytest.raises(InputError, match="no dataset named elsewhere"):
+        _run(store, captioner, datasets=["elsewhere"])

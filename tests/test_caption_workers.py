@@ -1,0 +1,87 @@
+"""Real `labeler caption` processes on one store: they split the work, a killed worker's leases
+are taken over, and every image ends with exactly one set of drafts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import imagefactory as make
+from captionkit import tiny_checkpoint
+from sqlalchemy import func, select
+
+from labeler.scan import scan
+from labeler.store.models import Caption, CaptionClaim, CaptionRun
+
+IMAGES = 40
+
+
+def _worker(store_url: str, model, *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "labeler", "caption", "--model", str(model), "--db", store_url,
+        "--beam", "2", "--max-len", "6", "--batch-size", "1", "--workers", "0", "--device",
+        "cpu", "--json", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _prepare(store, tmp_path):
+    make.write_many(tmp_path / "photos", IMAGES, size=(48, 40))
+    scan(store, [tmp_path / "photos"], workers=1)
+    return tiny_checkpoint(tmp_path / "tiny.pt")
+
+
+def _count(store, what):
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(what))
+
+
+def _one_draft_per_image(store) -> None:
+    with store.session() as session:
+        per_image = session.execute(
+            select(Caption.image_id, func.count()).group_by(Caption.image_id)
+        ).all()
+    assert len(per_image) == IMAGES and {n for _, n in per_image} == {1}
+
+
+def test_two_workers_split_the_work_and_caption_each_image_once(store, store_url, tmp_path):
+    model = _prepare(store, tmp_path)
+    workers = [_worker(store_url, model), _worker(store_url, model)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for worker, (_out, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err.decode()
+    _one_draft_per_image(store)
+    with store.session() as session:
+        runs = session.execute(select(CaptionRun.status, CaptionRun.counts)).all()
+    assert [status for status, _ in runs] == ["completed", "completed"]
+    done = [counts["images"] for _, counts in runs]
+    assert sum(done) == IMAGES  # nothing captioned twice
+    assert min(done) > 0, f"one worker did all the work: {done}"
+    assert _count(store, CaptionClaim) == 0
+
+
+def test_a_killed_worker_loses_nothing_and_its_leases_are_taken_over(store, store_url, tmp_path):
+    model = _prepare(store, tmp_path)
+    victim = _worker(store_url, model, "--lease", "3")
+    deadline = time.time() + 120
+    while _count(store, Caption) < 3:
+        assert victim.poll() is None, victim.stderr.read().decode()
+        assert time.time() < deadline, "the first worker never committed a batch"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    committed = _count(store, Caption)
+    assert 3 <= committed < IMAGES
+    assert _count(store, CaptionClaim) >= 1  # it died holding a lease
+    survivor = _worker(store_url, model, "--lease", "3")
+    _out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err.decode()
+    _one_draft_per_image(store)
+    assert _count(store, CaptionClaim) == 0
+    with store.session() as session:
+        statuses = session.scalars(select(CaptionRun.status).order_by(CaptionRun.id)).all()
+    assert statuses == ["running", "completed"]  # the killed run never got to say
