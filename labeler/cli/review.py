@@ -1,0 +1,199 @@
+"""`labeler export`, `labeler import` and `labeler stats`: the review loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labeler.cli.app import DbOption, JsonOption, app, console, open_store_for, print_json
+
+DatasetOption = Annotated[
+    list[str] | None, typer.Option("--dataset", help="Only this dataset (repeatable).")
+]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Model name or hash prefix; default: newest run's.")
+]
+SettingsOption = Annotated[
+    str | None, typer.Option("--settings", help="Decoding settings key; default: newest run's.")
+]
+
+
+def _filter(dataset, model, settings, min_conf=None, max_conf=None, review=None, flagged=None,
+            path=None, stale=False, limit=None):  # type: ignore[no-untyped-def]  # fmt: skip
+    from labeler.store.exports import DraftFilter
+
+    return DraftFilter(
+        datasets=dataset or None, model=model, settings_key=settings, min_confidence=min_conf,
+        max_confidence=max_conf, review=review or None, flagged=flagged, path_glob=path,
+        include_stale=stale, limit=limit,
+    )  # fmt: skip
+
+
+@app.command("export")
+def export_cli(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="csv, jsonl, json, label-studio, coco, hf, sidecar or cvat."
+        ),
+    ],  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write (sidecar: a mirror folder; default next to images).",
+        ),
+    ] = None,  # fmt: skip
+    dataset: DatasetOption = None,
+    model: ModelOption = None,
+    settings: SettingsOption = None,
+    min_confidence: Annotated[float | None, typer.Option(help="Only drafts at least this.")] = None,
+    max_confidence: Annotated[float | None, typer.Option(help="Only drafts at most this.")] = None,
+    review: Annotated[
+        list[str] | None,
+        typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),
+    ] = None,
+    flagged: Annotated[
+        bool | None,
+        typer.Option("--flagged/--not-flagged", help="Only degenerate drafts, or none."),
+    ] = None,
+    path: Annotated[
+        str | None, typer.Option(help="Only paths matching this glob (* and ?).")
+    ] = None,
+    include_stale: Annotated[bool, typer.Option(help="Include drafts of changed images.")] = False,
+    sort: Annotated[
+        str, typer.Option(help="confidence (worst first), -confidence, margin, path or id.")
+    ] = "confidence",
+    limit: Annotated[int | None, typer.Option(help="At most this many drafts.")] = None,
+    n_best: Annotated[int, typer.Option(help="Add the alternatives up to this rank.")] = 1,
+    document_root: Annotated[
+        Path | None, typer.Option(help="Label Studio: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.")
+    ] = None,
+    url_prefix: Annotated[
+        str | None, typer.Option(help="Label Studio: serve images under this URL instead.")
+    ] = None,
+    ground_truth: Annotated[
+        Path | None, typer.Option(help="COCO: also write reviewed captions as ground truth.")
+    ] = None,
+    extension: Annotated[str, typer.Option(help="Sidecar: .txt or .caption.")] = ".txt",
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write drafts (and their reviews) for reviewers, worst confidence first.
+
+    Exports are written atomically; an existing file is kept unless --force.
+    """
+    from labeler.export import export_drafts
+
+    spec = _filter(dataset, model, settings, min_confidence, max_confidence, review, flagged,
+                   path, include_stale, limit)  # fmt: skip
+    result = export_drafts(
+        open_store_for(db), fmt, output, spec=spec, sort=sort, n_best=n_best, force=force,
+        document_root=document_root, url_prefix=url_prefix, ground_truth=ground_truth,
+        extension=extension,
+    )  # fmt: skip
+    if json_output:
+        print_json({"count": result.count, "paths": [str(p) for p in result.paths],
+                    "skipped": result.skipped, "conflicts": result.conflicts})  # fmt: skip
+        return
+    where = ", ".join(str(p) for p in result.paths) or "next to the images"
+    console.print(f"{result.count} drafts -> {where}", markup=False)
+    if result.skipped or result.conflicts:
+        console.print(f"{result.skipped} existing files kept (use --force), "
+                      f"{result.conflicts} paths claimed twice")  # fmt: skip
+
+
+@app.command("import")
+def import_cli(
+    file: Annotated[Path, typer.Argument(help="Reviewed CSV/JSONL/JSON or Label Studio export.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="csv, jsonl, json, label-studio, label-studio-min, "
+            "label-studio-csv; default: detected.",
+        ),
+    ] = None,  # fmt: skip
+    reviewer: Annotated[
+        str | None, typer.Option(help="Reviewer, when the file names none.")
+    ] = None,
+    dataset: DatasetOption = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Bring reviewed captions back; a bad file changes nothing and names its line."""
+    from labeler.importer import import_reviews
+
+    result = import_reviews(open_store_for(db), file, fmt=fmt, reviewer=reviewer, datasets=dataset)
+    if json_output:
+        print_json({"source": result.source, "records": result.records, "added": result.added,
+                    "already": result.already, "by_outcome": dict(result.by_outcome)})  # fmt: skip
+        return
+    outcomes = ", ".join(f"{n} {o}" for o, n in sorted(result.by_outcome.items())) or "none"
+    console.print(f"{result.added} reviews added, {result.already} already imported "
+                  f"({outcomes})", markup=False)  # fmt: skip
+
+
+@app.command("stats")
+def stats_cli(
+    dataset: DatasetOption = None,
+    model: ModelOption = None,
+    settings: SettingsOption = None,
+    target: Annotated[
+        float, typer.Option(help="Acceptance rate the suggested threshold must keep.")
+    ] = 0.95,
+    bins: Annotated[int, typer.Option(help="Confidence bands.")] = 10,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Counts, a confidence histogram and, once reviews exist, calibration against them."""
+    from labeler.stats import compute_stats
+
+    if not 0 < target <= 1 or bins < 1:
+        from labeler.errors import InputError
+
+        raise InputError("--target must be in (0, 1] and --bins at least 1")
+    stats = compute_stats(open_store_for(db), spec=_filter(dataset, model, settings),
+                          bins=bins, target=target)  # fmt: skip
+    if json_output:
+        print_json(stats.to_dict())
+        return
+    _render_stats(stats)
+
+
+def _render_stats(stats) -> None:  # type: ignore[no-untyped-def]
+    console.print(f"Model {stats.model}, settings {stats.settings_key}: {stats.drafts} drafts, "
+                  f"{stats.flagged} flagged", markup=False)  # fmt: skip
+    top = max(stats.histogram or [1]) or 1
+    for band, n in zip(stats.bands, stats.histogram, strict=True):
+        bar = "█" * round(30 * n / top)
+        console.print(f"  {band.low:.2f}-{band.high:.2f} {bar:<30} {n}", markup=False)
+    if not any(b.reviewed for b in stats.bands):
+        console.print("No reviews yet: export, review, then `labeler import` to calibrate.")
+        return
+    table = Table("confidence", "drafts", "reviewed", "accepted", "mean edit distance", "BLEU-4")
+    for b in stats.bands:
+        if b.drafts:
+            table.add_row(f"{b.low:.2f}-{b.high:.2f}", str(b.drafts), str(b.reviewed),
+                          _pct(b.acceptance), _num(b.mean_edit_distance), _num(b.bleu))  # fmt: skip
+    console.print(table)
+    console.print(f"AUROC of confidence for acceptance: {_num(stats.auroc)}")
+    if stats.threshold is None:
+        console.print(f"No threshold keeps {stats.target:.0%} acceptance.")
+    else:
+        console.print(f"Drafts at or above {stats.threshold:.3f} were accepted unchanged at least "
+                      f"{stats.target:.0%} of the time: {stats.passed} drafts pass.")  # fmt: skip
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

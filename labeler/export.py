@@ -1,0 +1,61 @@
+"""`labeler export`: drafts (and their reviews) to the tools reviewers use.
+
+The store streams the selected drafts in order (store/exports.py) straight into the format's
+writer (labeler/formats), which writes atomically: a million drafts pass through in constant
+memory and a failed export leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labeler.errors import InputError
+from labeler.formats import coco, cvat, hf, labelstudio, sidecar, tabular
+from labeler.formats.rows import ExportResult
+from labeler.store import Store
+from labeler.store.exports import DraftFilter, iter_drafts
+
+FORMATS = ("csv", "jsonl", "json", "label-studio", "coco", "hf", "sidecar", "cvat")
+
+
+def export_drafts(
+    store: Store,
+    fmt: str,
+    dest: Path | None,
+    *,
+    spec: DraftFilter = DraftFilter(),
+    sort: str = "confidence",
+    n_best: int = 1,
+    force: bool = False,
+    document_root: Path | None = None,
+    url_prefix: str | None = None,
+    ground_truth: Path | None = None,
+    extension: str = ".txt",
+) -> ExportResult:
+    """Write the drafts `spec` selects in `fmt` to `dest` (for sidecars: a mirror folder, or
+    None for files next to the images)."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if dest is None and fmt != "sidecar":
+        raise InputError(f"the {fmt} export needs an output path (-o)")
+    if n_best < 1:
+        raise InputError("--n-best must be at least 1")
+    with store.session() as session:
+        rows = iter_drafts(session, spec, sort=sort, n_best=n_best)
+        if fmt == "csv":
+            return tabular.write_csv(rows, dest, force=force, n_best=n_best)
+        if fmt == "jsonl":
+            return tabular.write_jsonl(rows, dest, force=force, n_best=n_best)
+        if fmt == "json":
+            return tabular.write_json(rows, dest, force=force, n_best=n_best)
+        if fmt == "label-studio":
+            return labelstudio.write_label_studio(
+                rows, dest, force=force, document_root=document_root, url_prefix=url_prefix
+            )
+        if fmt == "coco":
+            return coco.write_coco(rows, dest, force=force, ground_truth=ground_truth)
+        if fmt == "hf":
+            return hf.write_hf(rows, dest, force=force)
+        if fmt == "sidecar":
+            return sidecar.write_sidecar(rows, dest, force=force, extension=extension)
+        return cvat.write_cvat(rows, dest, force=force)

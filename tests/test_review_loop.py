@@ -1,0 +1,207 @@
+"""The review loop on a real store: export, review with pandas, import, stats, supersession."""
+
+from __future__ import annotations
+
+import json
+
+import imagefactory as make
+import pandas as pd
+import pytest
+from captionkit import tiny_checkpoint
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from labeler.caption import caption_images
+from labeler.cli import app
+from labeler.errors import FormatError, InputError
+from labeler.export import export_drafts
+from labeler.importer import import_reviews
+from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.drafts import DecodeSettings
+from labeler.scan import scan
+from labeler.stats import auroc, compute_stats, threshold_for, word_edit_distance
+from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.store.models import Review
+
+IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+    return ShowTellCaptioner.from_checkpoint(path, device="cpu")
+
+
+@pytest.fixture
+def drafted(store, tmp_path, captioner):
+    make.write_many(tmp_path / "photos", IMAGES, size=(48, 40))
+    scan(store, [tmp_path / "photos"], workers=1)
+    settings = DecodeSettings(beam_size=3, max_len=8, n_best=3)
+    caption_images(store, captioner, settings=settings, workers=0, batch_size=4)
+    return store
+
+
+def _rows(store, **filters):
+    with store.session() as session:
+        return list(iter_drafts(session, DraftFilter(**filters), n_best=3))
+
+
+def test_csv_export_is_worst_first_with_empty_review_columns(drafted, tmp_path):
+    result = export_drafts(drafted, "csv", tmp_path / "drafts.csv", n_best=2)
+    frame = pd.read_csv(tmp_path / "drafts.csv", keep_default_na=False)
+    assert result.count == IMAGES == len(frame)
+    assert list(frame["confidence"]) == sorted(frame["confidence"])
+    assert set(frame["reviewed_caption"]) == {""} and set(frame["outcome"]) == {""}
+    assert frame["alt1_caption"].str.len().min() > 0
+    with pytest.raises(InputError, match="exists"):
+        export_drafts(drafted, "csv", tmp_path / "drafts.csv")
+
+
+def test_filters_narrow_the_export(drafted):
+    everything = _rows(drafted)
+    confidences = sorted(r.confidence for r in everything)
+    middle = confidences[IMAGES // 2]
+    assert all(r.confidence >= middle for r in _rows(drafted, min_confidence=middle))
+    assert len(_rows(drafted, max_confidence=middle)) == IMAGES // 2 + 1
+    assert [r.path for r in _rows(drafted, path_glob="img_00000?.jpg")] != []
+    assert {r.path for r in _rows(drafted, path_glob="*3.jpg")} == {"img_000003.jpg"}
+    assert len(_rows(drafted, limit=3)) == 3
+    flagged = _rows(drafted, flagged=True)
+    assert all(r.flagged for r in flagged)
+    assert len(flagged) + len(_rows(drafted, flagged=False)) == IMAGES
+    assert all(len(r.alternatives) == 2 for r in everything)
+    with pytest.raises(InputError, match="no dataset named nowhere"):
+        _rows(drafted, datasets=["nowhere"])
+
+
+def _review_file(drafted, tmp_path, name="reviewed.csv"):
+    export_drafts(drafted, "csv", tmp_path / name, force=True)
+    frame = pd.read_csv(tmp_path / name, keep_default_na=False)
+    frame.loc[0, "reviewed_caption"] = "a completely different caption"  # edited
+    frame.loc[1, "reviewed_caption"] = frame.loc[1, "draft_caption"]  # accepted by copying
+    frame.loc[2, "outcome"] = "accepted"
+    frame.loc[3, "outcome"] = "rejected"
+    frame.to_csv(tmp_path / name, index=False)
+    return frame
+
+
+def test_a_spreadsheet_round_trip_imports_each_outcome_once(drafted, tmp_path):
+    frame = _review_file(drafted, tmp_path)
+    first = import_reviews(drafted, tmp_path / "reviewed.csv", reviewer="ana")
+    assert (first.records, first.added, first.already) == (4, 4, 0)
+    assert first.by_outcome == {"edited": 1, "accepted": 2, "rejected": 1}
+    again = import_reviews(drafted, tmp_path / "reviewed.csv")
+    assert (again.added, again.already) == (0, 4)
+    rows = {r.image_id: r for r in _rows(drafted, review=["reviewed"])}
+    edited = rows[int(frame.loc[0, "image_id"])]
+    assert edited.review_outcome == "edited"
+    assert edited.review_text == "a completely different caption" and edited.reviewer == "ana"
+    accepted = rows[int(frame.loc[2, "image_id"])]
+    assert accepted.review_text == accepted.text
+    assert len(_rows(drafted, review=["unreviewed"])) == IMAGES - 4
+    assert len(_rows(drafted, review=["accepted", "rejected"])) == 3
+
+
+def test_a_newer_review_supersedes_an_older_one(drafted, tmp_path):
+    frame = _review_file(drafted, tmp_path)
+    import_reviews(drafted, tmp_path / "reviewed.csv")
+    image_id = int(frame.loc[3, "image_id"])
+    later = frame.iloc[[3]].copy()
+    later.loc[later.index[0], "outcome"] = "accepted"
+    later.to_json(tmp_path / "later.jsonl", orient="records", lines=True)
+    assert import_reviews(drafted, tmp_path / "later.jsonl").added == 1
+    (row,) = [r for r in _rows(drafted) if r.image_id == image_id]
+    assert row.review_outcome == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.__setitem__("image_id", f["image_id"].where(f.index != 2, 999)),
+         "reviewed.csv line 4: no image with id 999"),
+        (lambda f: f.__setitem__("outcome", f["outcome"].where(f.index != 1, "maybe")),
+         "reviewed.csv line 3: unknown outcome 'maybe'"),
+    ],
+)  # fmt: skip
+def test_a_bad_import_changes_nothing_and_names_the_line(drafted, tmp_path, change, message):
+    frame = _review_file(drafted, tmp_path)
+    change(frame)
+    frame.to_csv(tmp_path / "reviewed.csv", index=False)
+    with pytest.raises(FormatError, match=message):
+        import_reviews(drafted, tmp_path / "reviewed.csv")
+    with drafted.session() as session:
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+
+
+def test_paths_match_and_paths_outside_the_dataset_are_refused(drafted, tmp_path):
+    good = tmp_path / "by_path.jsonl"
+    good.write_text(json.dumps({"path": "img_000001.jpg", "outcome": "rejected"}) + "\n")
+    assert import_reviews(drafted, good).added == 1
+    bad = tmp_path / "escape.jsonl"
+    bad.write_text(json.dumps({"path": "../photos/img_000001.jpg", "outcome": "rejected"}) + "\n")
+    with pytest.raises(FormatError, match="escape.jsonl line 1: .*leaves the dataset"):
+        import_reviews(drafted, bad)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"path": "/etc/passwd", "outcome": "rejected"}) + "\n")
+    with pytest.raises(FormatError, match="outside every dataset"):
+        import_reviews(drafted, outside)
+
+
+def test_label_studio_annotations_come_back(drafted, tmp_path):
+    export_drafts(drafted, "label-studio", tmp_path / "tasks.json", url_prefix="http://files")
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    tasks[0]["annotations"] = [{
+        "id": 1, "completed_by": 3, "was_cancelled": False, "updated_at": "2026-11-20T10:00:00Z",
+        "result": [{"from_name": "caption", "to_name": "image", "type": "textarea",
+                    "value": {"text": ["a reviewer wrote this"]}}],
+    }]  # fmt: skip
+    tasks[1]["annotations"] = [{"id": 2, "was_cancelled": True, "result": []}]
+    (tmp_path / "ls-export.json").write_text(json.dumps(tasks))
+    result = import_reviews(drafted, tmp_path / "ls-export.json")
+    assert result.by_outcome == {"edited": 1, "skipped": 1}
+
+
+def test_stats_calibrate_confidence_against_reviews(drafted, tmp_path):
+    before = compute_stats(drafted)
+    assert before.drafts == IMAGES and sum(before.histogram) == IMAGES
+    assert before.auroc is None and not any(b.reviewed for b in before.bands)
+    rows = sorted(_rows(drafted), key=lambda r: r.confidence)
+    lines = [json.dumps({"image_id": r.image_id,
+                         "outcome": "accepted" if i >= IMAGES // 2 else "rejected"})
+             for i, r in enumerate(rows)]  # fmt: skip
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    import_reviews(drafted, tmp_path / "r.jsonl")
+    stats = compute_stats(drafted, target=1.0)
+    assert stats.auroc == pytest.approx(1.0)  # the confident half was the accepted half
+    assert stats.threshold == pytest.approx(rows[IMAGES // 2].confidence)
+    assert stats.passed == IMAGES // 2
+    assert sum(b.reviewed for b in stats.bands) == IMAGES
+
+
+def test_score_helpers_on_known_answers():
+    assert auroc([(0.9, True), (0.8, True), (0.2, False)]) == 1.0
+    assert auroc([(0.5, True), (0.5, False)]) == 0.5
+    assert auroc([(0.1, True), (0.9, False)]) == 0.0
+    assert auroc([(0.3, True)]) is None
+    assert threshold_for([(0.9, True), (0.8, True), (0.7, False), (0.6, True)], 1.0) == 0.8
+    assert threshold_for([(0.9, True), (0.8, True), (0.7, False), (0.6, True)], 0.75) == 0.6
+    assert threshold_for([(0.9, False)], 0.5) is None
+    assert word_edit_distance("a red square", "a Red  square") == 0
+    assert word_edit_distance("a red square", "a blue square on grass") == 3
+
+
+def test_the_cli_exports_imports_and_reports(drafted, tmp_path):
+    runner = CliRunner()
+    db = ["--db", drafted.url]
+    out = runner.invoke(
+        app, ["export", "-f", "jsonl", "-o", str(tmp_path / "d.jsonl"), "--json", *db]
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["count"] == IMAGES
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"image_id,reviewed_caption\n1,caf\xe9\n")
+    failed = runner.invoke(app, ["import", str(bad), *db])
+    assert failed.exit_code == 1 and "bad.csv line 2" in failed.stderr
+    stats = runner.invoke(app, ["stats", "--json", *db])
+    assert json.loads(stats.stdout)["drafts"] == IMAGES
+    assert runner.invoke(app, ["stats", *db]).exit_code == 0
