@@ -18,7 +18,7 @@ Design choices:
   is demuxed by Pillow's open(); other formats decode their first frame. `decode=True` decodes
   every first frame as well, which also catches a bad zlib stream under valid PNG CRCs.
 - Pillow parses headers in Python at two to four times the cost of hashing a small file, so a
-  PNG or JPEG in memory is read by the fast path at the end of this module, which hands anything
+  PNG or JPEG in memory is read by the fast path in imageheaders.py, which hands anything
   unusual to Pillow. A differential test pins both paths to the same answers.
 - Pillow's decompression-bomb guard is process-wide (an error above 2 * Image.MAX_IMAGE_PIXELS).
   DEFAULT_MAX_PIXELS equals that threshold; a larger `max_pixels` raises Pillow's limit to match
@@ -35,15 +35,14 @@ import io
 import os
 import re
 import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import IO, Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from labeler.errors import LabelerError
+from labeler.imageheaders import ORIENTATION_TAG, Header, fast_header, xmp_orientation
 
 Status = Literal["ok", "unreadable", "unsupported", "too_large", "missing"]
 
@@ -55,7 +54,6 @@ NO_SUCH_FILE = "no such file"  # probe's reason for a file that vanished after t
 
 _TAIL = 64  # bytes kept from a file's start or end, for signatures and end-of-image markers
 _JPEG_FORMATS = ("JPEG", "MPO")
-_ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -277,7 +275,7 @@ def _probe_open_file(fd: int, st: os.stat_result, max_pixels: int, decode: bool)
     known = {"size": content.size, "mtime_ns": st.st_mtime_ns, "sha256": content.sha256}
     if content.size == 0:
         return Probe(status="unsupported", reason="not an image: empty file", **known)
-    header = _fast_header(content.data) if content.data is not None and not decode else None
+    header = fast_header(content.data) if content.data is not None and not decode else None
     if header is not None:
         return _probe_from_header(header, known, max_pixels)
     facts = _Facts()
@@ -298,7 +296,7 @@ def _probe_open_file(fd: int, st: os.stat_result, max_pixels: int, decode: bool)
     return Probe(status="ok", **known, **vars(facts))
 
 
-def _probe_from_header(header: _Header, known: dict, max_pixels: int) -> Probe:
+def _probe_from_header(header: Header, known: dict, max_pixels: int) -> Probe:
     width, height = header.width, header.height
     facts = {"format": header.format, "mode": header.mode, "frames": 1}
     facts["width"], facts["height"] = (
@@ -400,7 +398,7 @@ def _orientation(im: Image.Image) -> int:
         if im.format == "PNG" and "exif" not in im.info:
             value = _png_text_orientation(im.info)
         else:
-            value = im.getexif().get(_ORIENTATION_TAG, 1)
+            value = im.getexif().get(ORIENTATION_TAG, 1)
     except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -414,17 +412,9 @@ def _png_text_orientation(info: dict) -> int:
     if raw:
         exif = Image.Exif()
         exif.load(bytes.fromhex("".join(raw.split("\n")[3:])))
-        if _ORIENTATION_TAG in exif:
-            return exif[_ORIENTATION_TAG]
-    return _xmp_orientation(info.get("XML:com.adobe.xmp"))
-
-
-def _xmp_orientation(xmp: str | bytes | None) -> int:
-    if not xmp:
-        return 0
-    text = xmp if isinstance(xmp, bytes) else xmp.encode("utf-8", "replace")
-    found = re.search(rb'tiff:Orientation(="|>)([0-9])', text)
-    return int(found[2]) if found else 0
+        if ORIENTATION_TAG in exif:
+            return exif[ORIENTATION_TAG]
+    return xmp_orientation(info.get("XML:com.adobe.xmp"))
 
 
 def _decode(im: Image.Image, *, verify: bool = False) -> None:
@@ -495,155 +485,3 @@ def _on_white(im: Image.Image) -> Image.Image:
     background = Image.new("RGB", rgba.size, (255, 255, 255))
     background.paste(rgba, mask=rgba)
     return background
-
-
-# Fast path: PNG and JPEG headers read straight from the bytes ---------------------------------
-#
-# Same facts and same structure checks as the Pillow path (every PNG CRC to IEND; a JPEG's EOI).
-# Whatever these functions are unsure of returns None, and Pillow decides: APNG and MPO (their
-# frames), EXIF in text chunks, compressed text, unusual markers, chunk sizes Pillow rejects,
-# anything incomplete or damaged; so the reasons given for failures are always Pillow's.
-
-
-@dataclass(frozen=True)
-class _Header:
-    format: str
-    mode: str
-    width: int
-    height: int
-    orientation: int = 1
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_MODES = {  # (bit depth, colour type) -> Pillow's mode, as in PngImagePlugin._MODES
-    (1, 0): "1", (2, 0): "L", (4, 0): "L", (8, 0): "L", (16, 0): "I;16",
-    (8, 2): "RGB", (16, 2): "RGB", (1, 3): "P", (2, 3): "P", (4, 3): "P", (8, 3): "P",
-    (8, 4): "LA", (16, 4): "RGBA", (8, 6): "RGBA", (16, 6): "RGBA",
-}  # fmt: skip
-# Chunks Pillow parses before the image data, and the shortest body it accepts for each.
-_PNG_MIN_LENGTH = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"iCCP": 2}
-_PNG_TRNS_MIN = {"1": 2, "L": 2, "I;16": 2, "RGB": 6}
-_PNG_ASK_PILLOW = (b"acTL", b"fcTL", b"fdAT", b"zTXt", b"iTXt")
-_JPEG_SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
-_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}  # by component count, as Pillow's SOF()
-
-
-def _fast_header(data: bytes) -> _Header | None:
-    try:
-        if data.startswith(_PNG_SIGNATURE):
-            return _png_header(data)
-        if data.startswith(b"\xff\xd8\xff"):
-            return _jpeg_header(data)
-    except (struct.error, IndexError, ValueError):
-        pass  # malformed in a way the checks did not foresee: Pillow decides
-    return None
-
-
-def _png_header(data: bytes) -> _Header | None:
-    length, kind, width, height, depth, colour, _, filtering, _ = struct.unpack_from(
-        ">I4sIIBBBBB", data, 8
-    )
-    mode = _PNG_MODES.get((depth, colour))
-    if kind != b"IHDR" or length < 13 or mode is None or filtering or not width or not height:
-        return None
-    view, pos, orientation, before_data = memoryview(data), 8, 1, True
-    while True:
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 12 + length
-        body = view[pos + 8 : end - 4]
-        if (
-            end > len(data)
-            or zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]
-        ):
-            return None
-        if kind == b"IEND":
-            return None if before_data else _Header("PNG", mode, width, height, orientation)
-        if kind == b"IDAT":
-            before_data = False
-        elif before_data:
-            if kind in _PNG_ASK_PILLOW or length < _PNG_MIN_LENGTH.get(kind, 0):
-                return None
-            if kind == b"tRNS" and length < _PNG_TRNS_MIN.get(mode, 0):
-                return None
-            if kind == b"iCCP" and bytes(body[:81]).partition(b"\0")[2][:1] != b"\0":
-                return None  # Pillow refuses a compression method other than 0
-            if kind == b"tEXt" and bytes(body[:21]) == b"Raw profile type exif":
-                return None
-            if kind == b"eXIf":
-                value = _exif_orientation(bytes(body))
-                if value is None:
-                    return None
-                orientation = value or 1
-        pos = end
-
-
-def _jpeg_header(data: bytes) -> _Header | None:
-    if not data[-_TAIL:].rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return None  # cut short, or data after the image: decoding decides
-    pos, size, mode, exif, xmp = 2, None, None, None, None
-    while data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        body = data[pos + 4 : pos + 2 + length]
-        if length < 2 or len(body) != length - 2:
-            return None
-        if marker == 0xDA:  # start of scan: the header is over
-            orientation = _jpeg_orientation(exif, xmp)
-            if size is None or orientation is None:
-                return None
-            return _Header("JPEG", mode, *size, orientation)
-        if marker in _JPEG_SOF:
-            if size is not None or body[0] != 8 or body[5] not in _JPEG_MODES:
-                return None
-            height, width = struct.unpack_from(">HH", body, 1)
-            size, mode = (width, height), _JPEG_MODES[body[5]]
-            if not width or not height:
-                return None
-        elif marker == 0xDB and not _dqt_ok(body):
-            return None
-        elif marker == 0xE1 and body.startswith(b"Exif\0\0"):
-            exif = body[6:] if exif is None else exif  # Pillow reads the first one
-        elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
-            xmp = body  # Pillow keeps the last one
-        elif marker == 0xE2 and body.startswith(b"MPF\0"):
-            return None  # a multi-picture file: Pillow counts its frames
-        elif marker in (0xE0, 0xEE) and len(body) < 7:
-            return None  # Pillow reads a JFIF or Adobe segment's version from bytes 5-6
-        elif not (marker in (0xC4, 0xDB, 0xDD, 0xFE) or 0xE0 <= marker <= 0xEF):
-            return None  # other frame types and markers: Pillow's parser handles them
-        pos += 2 + length
-    return None
-
-
-def _jpeg_orientation(exif: bytes | None, xmp: bytes | None) -> int | None:
-    """As Pillow's getexif(): EXIF's orientation, else one in XMP; 1 when neither is 1-8."""
-    value = 0 if exif is None else _exif_orientation(exif)
-    if value == 0:
-        value = _xmp_orientation(xmp)
-    return None if value is None else value if 1 <= value <= 8 else 1
-
-
-def _dqt_ok(body: bytes) -> bool:
-    """Each quantization table is 1 + 64 bytes (8-bit) or 1 + 128 (16-bit), as Pillow checks."""
-    pos = 0
-    while pos < len(body):
-        pos += 65 if body[pos] < 16 else 129
-    return pos == len(body)
-
-
-def _exif_orientation(tiff: bytes) -> int | None:
-    """Orientation 1-8 from IFD0 of an EXIF (TIFF) block; 0 when absent; None when the block
-    or the value is unusual (Pillow then reads it)."""
-    order = {b"II*\0": "<", b"MM\0*": ">"}.get(tiff[:4])
-    if order is None:
-        return None
-    (offset,) = struct.unpack_from(order + "I", tiff, 4)
-    (count,) = struct.unpack_from(order + "H", tiff, offset)
-    for entry in range(offset + 2, offset + 2 + 12 * count, 12):
-        tag, kind, n, value = struct.unpack_from(order + "HHIH", tiff, entry)
-        if tag == _ORIENTATION_TAG:
-            return value if kind == 3 and n == 1 and 1 <= value <= 8 else None
-    return 0

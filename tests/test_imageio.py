@@ -262,7 +262,7 @@ def test_probe_never_raises(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     path = factory.rgb_jpeg(tmp_path, "x.jpeg", size=(20, 10))
-    monkeypatch.setattr(imageio, "_fast_header", explode)
+    monkeypatch.setattr(imageio, "fast_header", explode)
     result = probe(path)
     assert (result.status, result.reason) == ("unreadable", "unexpected RuntimeError: boom")
     assert result.sha256 is None
@@ -295,7 +295,7 @@ def test_damaged_copies_are_classified_alike_by_both_paths(tmp_path, writer, mon
         path.write_bytes(content)
         fast = probe(path)
         with monkeypatch.context() as patch:
-            patch.setattr(imageio, "_fast_header", lambda data: None)
+            patch.setattr(imageio, "fast_header", lambda data: None)
             slow = probe(path)
         assert [getattr(fast, f) for f in fields] == [getattr(slow, f) for f in fields]
         assert fast.sha256 == hashlib.sha256(content).hexdigest()
@@ -377,7 +377,7 @@ def _save(image, path, options):
 
 def test_fast_path_matches_pillow(tmp_path):
     for path, fast in _variants(tmp_path):
-        assert (imageio._fast_header(path.read_bytes()) is not None) == fast, path.name
+        assert (imageio.fast_header(path.read_bytes()) is not None) == fast, path.name
         quick, thorough = probe(path), probe(path, decode=True)
         fields = ("status", "reason", "format", "width", "height", "mode", "frames", "sha256")
         assert [getattr(quick, f) for f in fields] == [getattr(thorough, f) for f in fields]
