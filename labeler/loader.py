@@ -6,21 +6,19 @@ vanished since the scan). Decoding is `imageio.load_rgb` (JPEG draft mode at the
 scale that still covers the model's resize, EXIF orientation, odd modes converted) followed by the
 captioner's own resize and crop. Workers return uint8 numpy arrays, which pickle as plain bytes;
 torch tensors would travel through shared-memory file descriptors, one per image.
-
-Workers ignore SIGINT: Ctrl-C is the main process's to handle, between batches.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from labeler import imageio
+from labeler.pools import worker_pool
 
 
 @dataclass
@@ -50,23 +48,10 @@ def decode_first(
     return Decoded(None, errors)
 
 
-def _quiet_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)  # one decode per process; the model keeps the cores
-
-
-class _Inline(Executor):
-    """workers=0: decode in the calling process (debugging, tiny runs)."""
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to whoever waits on the future
-            future.set_exception(exc)
-        return future
 
 
 class Loader:
@@ -84,16 +69,7 @@ class Loader:
         self._pool: Executor | None = None
 
     def __enter__(self) -> Loader:
-        if self.workers == 0:
-            self._pool = _Inline()
-        else:
-            method = (
-                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            )
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context(method),
-                initializer=_quiet_worker,
-            )  # fmt: skip
+        self._pool = worker_pool(self.workers, preload=["labeler.loader"], initializer=_one_thread)
         return self
 
     def __exit__(self, *exc: object) -> None:

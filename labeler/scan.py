@@ -13,17 +13,17 @@ million images) and looking for the ones left unticked.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from labeler import imageio
 from labeler.errors import InputError, LabelerError
+from labeler.pools import worker_pool
 from labeler.store import Store
 from labeler.store import images as image_store
 from labeler.store.models import utcnow
@@ -180,15 +180,15 @@ class _Job:
         self.read = 0
 
     def run(self, found: Iterator[tuple[int, Found]], workers: int | None) -> None:
-        workers = workers or min(os.cpu_count() or 1, 8)
+        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
         in_flight: dict[Future[list[imageio.Probe]], list[_Pending]] = {}
-        with _pool(workers) as pool:
+        with worker_pool(workers, preload=["labeler.imageio"]) as pool:
             try:
                 for batch in _batches(found, LOOKUP_BATCH):
                     for task in _chunks(self._lookup(batch), TASK_SIZE):
                         paths = [p.found.path for p in task]
                         in_flight[pool.submit(_probe_many, paths, self.max_pixels)] = task
-                        while len(in_flight) >= 4 * workers:
+                        while len(in_flight) >= 4 * max(workers, 1):
                             self._collect(in_flight, FIRST_COMPLETED)
                 while in_flight:
                     self._collect(in_flight, FIRST_COMPLETED)
@@ -301,16 +301,6 @@ def _finish(store, targets, result, seen, up_to_id, scan_start) -> None:  # type
 
 def _probe_many(paths: list[bytes], max_pixels: int) -> list[imageio.Probe]:
     return [imageio.probe(path, max_pixels=max_pixels) for path in paths]
-
-
-def _pool(workers: int) -> Executor:
-    # forkserver: the scan's parent may run a progress thread, and forking a threaded process
-    # can copy a held lock into the child.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["labeler.imageio"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import imagefactory as make
 import pytest
@@ -216,3 +217,49 @@ def test_the_max_pixels_limit_is_configurable(store, tmp_path):
     assert _rows(store)["big.png"].status == "too_large"
     _scan(store, tmp_path / "p", max_pixels=1_000_000)
     assert _rows(store)["big.png"].status == "ok"
+
+
+def test_a_file_the_scanner_may_not_read_is_unreadable():
+    """As root every file is readable, so the scan runs in a child that dropped to nobody, in a
+    folder outside pytest's private temporary tree."""
+    import shutil
+    import tempfile
+
+    from labeler.store import open_store
+
+    shared = Path(tempfile.mkdtemp(prefix="labeler-perm-"))
+    try:
+        shared.chmod(0o777)
+        folder = shared / "photos"
+        make.rgb_png(folder, "locked.png").chmod(0)
+        make.rgb_png(folder, "open.png").chmod(0o644)
+        folder.chmod(0o755)
+        db = shared / "store.db"
+        status = _scan_as_nobody(db, folder)
+        assert status == 0, "the unprivileged scan failed"
+        rows = _rows(open_store(db))
+    finally:
+        shutil.rmtree(shared)
+    locked = rows["locked.png"]
+    assert (locked.status, locked.reason) == ("unreadable", "permission denied")
+    assert rows["open.png"].status == "ok"
+
+
+def _scan_as_nobody(db, folder) -> int:
+    from labeler.store import open_store
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            scan(open_store(db), [folder], workers=0)
+            code = 0
+        except BaseException as exc:  # tell the parent why
+            os.write(2, f"child failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    return os.waitpid(pid, 0)[1]

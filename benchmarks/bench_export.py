@@ -1,0 +1,158 @@
+"""Exports and imports through the store: rows per second and peak memory, side by side.
+
+Fills a SQLite store with N images and their drafts (bulk inserts, no model), then, each in a
+fresh process so peak memory is its own: `export_drafts` to CSV and to JSONL for N and N/10
+drafts, and `import_reviews` of a reviewed CSV of `--import-rows` rows (every row edited).
+Goals (issue 6): one million rows exported in at most 15 s on this CPU; memory flat (peak at N
+no more than a little above peak at N/10).
+
+    python benchmarks/bench_export.py                        # 1,000,000 drafts, import 100,000
+    python benchmarks/bench_export.py --rows 100000 --import-rows 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from labeler.store import open_store  # noqa: E402
+from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model  # noqa: E402
+
+WORDS = [
+    "a", "the", "red", "blue", "green", "small", "large", "circle", "square", "triangle", "on",
+    "of", "left", "right",
+]  # fmt: skip
+
+
+def fill(db: Path, rows: int, dataset: str) -> None:
+    store = open_store(db)
+    rng = random.Random(0)
+    with store.write() as session:
+        if session.query(Model).count() == 0:
+            session.add(Model(id=1, content_hash="ab" * 32, name="show-tell", family="show-tell"))
+            session.flush()
+            session.add(
+                CaptionRun(model_id=1, settings_key="bench", settings={}, status="completed")
+            )
+        ds = Dataset(name=dataset, root=f"/data/{dataset}", root_raw=f"/data/{dataset}".encode())
+        session.add(ds)
+        session.flush()
+        dataset_id = ds.id
+    images, captions = Image.__table__, Caption.__table__
+    chunk = 20_000
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        with store.write() as session:
+            conn = session.connection()
+            rows_in = [_image(dataset_id, start + i) for i in range(n)]
+            first = conn.execute(images.insert().returning(images.c.id), rows_in).scalars().all()
+            conn.execute(captions.insert(), [_draft(rng, image_id) for image_id in first])
+    store.dispose()
+
+
+def _image(dataset_id: int, index: int) -> dict:
+    path = f"d{index // 1000:04d}/img_{index:07d}.jpg"
+    return {
+        "dataset_id": dataset_id, "path": path, "path_raw": path.encode(), "size": 50_000,
+        "mtime_ns": 0, "content_hash": f"{dataset_id:08x}{index:056x}", "format": "JPEG",
+        "width": 640, "height": 480, "mode": "RGB", "frames": 1, "status": "ok", "reason": None,
+    }  # fmt: skip
+
+
+def _draft(rng: random.Random, image_id: int) -> dict:
+    words = rng.choices(WORDS, k=rng.randint(5, 12))
+    logprobs = [-rng.random() * 2 for _ in range(len(words) + 1)]
+    total = sum(logprobs)
+    return {
+        "image_id": image_id, "model_id": 1, "settings_key": "bench", "rank": 0,
+        "text": " ".join(words), "log_likelihood": total, "num_tokens": len(logprobs),
+        "confidence": math.exp(total / len(logprobs)), "score": total,
+        "token_logprobs": logprobs, "margin": rng.random(), "finished": True,
+        "repeated_ngram": False, "has_unknown": False, "stale": False,
+    }  # fmt: skip
+
+
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from labeler.store import open_store
+from labeler.store.exports import DraftFilter
+start = time.perf_counter()
+store = open_store({db!r})
+if {kind!r} == "import":
+    from labeler.importer import import_reviews
+    result = import_reviews(store, Path({path!r}))
+    count = result.added
+else:
+    from labeler.export import export_drafts
+    spec = DraftFilter(datasets=[{dataset!r}])
+    count = export_drafts(store, {kind!r}, Path({path!r}), spec=spec, force=True).count
+elapsed = time.perf_counter() - start
+print(json.dumps({{"count": count, "seconds": elapsed,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def child(kind: str, db: Path, path: Path, dataset: str) -> dict:
+    code = CHILD.format(root=str(ROOT), db=str(db), kind=kind, path=str(path), dataset=dataset)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reviewed_csv(db: Path, tmp: Path, rows: int) -> Path:
+    """Export `rows` drafts of the small dataset and edit every one, as a reviewer would."""
+    import pandas as pd
+
+    exported = tmp / "to-review.csv"
+    child("csv", db, exported, "small")
+    frame = pd.read_csv(exported, keep_default_na=False).head(rows)
+    frame["reviewed_caption"] = frame["draft_caption"] + " indeed"
+    path = tmp / "reviewed.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--import-rows", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        db = tmp / "bench.db"
+        start = time.perf_counter()
+        fill(db, args.rows, "large")
+        fill(db, max(args.rows // 10, args.import_rows), "small")
+        print(f"filled a store with {args.rows} + {max(args.rows // 10, args.import_rows)} "
+              f"drafts in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        for kind in ("csv", "jsonl"):
+            small = child(kind, db, tmp / f"small.{kind}", "small")
+            large = child(kind, db, tmp / f"large.{kind}", "large")
+            print(f"export {kind:5}: {large['count']:>8} rows in {large['seconds']:6.1f} s = "
+                  f"{large['count'] / large['seconds']:8.0f} rows/s (goal: 1M in <= 15 s); "
+                  f"peak {small['peak_mib']:.0f} MiB at {small['count']} rows, "
+                  f"{large['peak_mib']:.0f} MiB at {large['count']} "
+                  f"(ratio {large['peak_mib'] / small['peak_mib']:.2f})")  # fmt: skip
+        reviewed = reviewed_csv(db, tmp, args.import_rows)
+        imported = child("import", db, reviewed, "small")
+        print(f"import of a reviewed CSV: {imported['count']} reviews in "
+              f"{imported['seconds']:.1f} s = "
+              f"{imported['count'] / imported['seconds']:.0f} rows/s, "
+              f"peak {imported['peak_mib']:.0f} MiB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The worker pools the scan and the caption job read files in.
+
+Processes start through a fork server (spawn where there is none): the parent may be running a
+progress thread, and forking a threaded process can copy a lock held by another thread into the
+child. Workers ignore SIGINT, so Ctrl-C reaches only the main process, which stops between
+batches. `workers=0` runs every task inline in the calling process: for debugging, for tiny
+jobs, and for environments where new processes cannot start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+
+
+class InlineExecutor(Executor):
+    """Runs each task at submit time; its future is already done."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+        return future
+
+
+def _ignore_sigint(then: Callable[[], None] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if then is not None:
+        then()
+
+
+def worker_pool(
+    workers: int, *, preload: Sequence[str] = (), initializer: Callable[[], None] | None = None
+) -> Executor:
+    """`workers` processes (preloading these modules), or inline work when `workers` is 0."""
+    if workers == 0:
+        return InlineExecutor()
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver" and preload:
+        context.set_forkserver_preload(list(preload))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_ignore_sigint,
+        initargs=(initializer,),
+    )  # fmt: skip
