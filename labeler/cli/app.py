@@ -50,6 +50,44 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
+# The draft filters shared by export, report and stats (labeler.store.exports.DraftFilter).
+DatasetOption = Annotated[
+    list[str] | None, typer.Option("--dataset", help="Only this dataset (repeatable).")
+]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Model name or hash prefix; default: newest run's.")
+]
+SettingsOption = Annotated[
+    str | None, typer.Option("--settings", help="Decoding settings key; default: newest run's.")
+]
+MinConfidenceOption = Annotated[float | None, typer.Option(help="Only drafts at least this.")]
+MaxConfidenceOption = Annotated[float | None, typer.Option(help="Only drafts at most this.")]
+ReviewOption = Annotated[
+    list[str] | None,
+    typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),
+]
+FlaggedOption = Annotated[
+    bool | None, typer.Option("--flagged/--not-flagged", help="Only degenerate drafts, or none.")
+]
+PathOption = Annotated[str | None, typer.Option(help="Only paths matching this glob (* and ?).")]
+StaleOption = Annotated[bool, typer.Option(help="Include drafts of changed images.")]
+LimitOption = Annotated[int | None, typer.Option(help="At most this many drafts.")]
+SortOption = Annotated[
+    str, typer.Option(help="confidence (worst first), -confidence, margin, path or id.")
+]
+
+
+def draft_filter(dataset=None, model=None, settings=None, min_confidence=None,
+                 max_confidence=None, review=None, flagged=None, path=None,
+                 include_stale=False, limit=None):  # type: ignore[no-untyped-def]  # fmt: skip
+    from labeler.store.exports import DraftFilter
+
+    return DraftFilter(
+        datasets=dataset or None, model=model, settings_key=settings,
+        min_confidence=min_confidence, max_confidence=max_confidence, review=review or None,
+        flagged=flagged, path_glob=path, include_stale=include_stale, limit=limit,
+    )  # fmt: skip
+
 
 def open_store_for(db: str | None):  # type: ignore[no-untyped-def]
     from labeler.store import open_store

@@ -8,28 +8,26 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from labeler.cli.app import DbOption, JsonOption, app, console, open_store_for, print_json
-
-DatasetOption = Annotated[
-    list[str] | None, typer.Option("--dataset", help="Only this dataset (repeatable).")
-]
-ModelOption = Annotated[
-    str | None, typer.Option("--model", help="Model name or hash prefix; default: newest run's.")
-]
-SettingsOption = Annotated[
-    str | None, typer.Option("--settings", help="Decoding settings key; default: newest run's.")
-]
-
-
-def _filter(dataset, model, settings, min_conf=None, max_conf=None, review=None, flagged=None,
-            path=None, stale=False, limit=None):  # type: ignore[no-untyped-def]  # fmt: skip
-    from labeler.store.exports import DraftFilter
-
-    return DraftFilter(
-        datasets=dataset or None, model=model, settings_key=settings, min_confidence=min_conf,
-        max_confidence=max_conf, review=review or None, flagged=flagged, path_glob=path,
-        include_stale=stale, limit=limit,
-    )  # fmt: skip
+from labeler.cli.app import (
+    DatasetOption,
+    DbOption,
+    FlaggedOption,
+    JsonOption,
+    LimitOption,
+    MaxConfidenceOption,
+    MinConfidenceOption,
+    ModelOption,
+    PathOption,
+    ReviewOption,
+    SettingsOption,
+    SortOption,
+    StaleOption,
+    app,
+    console,
+    draft_filter,
+    open_store_for,
+    print_json,
+)  # fmt: skip
 
 
 @app.command("export")
@@ -51,24 +49,14 @@ def export_cli(
     dataset: DatasetOption = None,
     model: ModelOption = None,
     settings: SettingsOption = None,
-    min_confidence: Annotated[float | None, typer.Option(help="Only drafts at least this.")] = None,
-    max_confidence: Annotated[float | None, typer.Option(help="Only drafts at most this.")] = None,
-    review: Annotated[
-        list[str] | None,
-        typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),
-    ] = None,
-    flagged: Annotated[
-        bool | None,
-        typer.Option("--flagged/--not-flagged", help="Only degenerate drafts, or none."),
-    ] = None,
-    path: Annotated[
-        str | None, typer.Option(help="Only paths matching this glob (* and ?).")
-    ] = None,
-    include_stale: Annotated[bool, typer.Option(help="Include drafts of changed images.")] = False,
-    sort: Annotated[
-        str, typer.Option(help="confidence (worst first), -confidence, margin, path or id.")
-    ] = "confidence",
-    limit: Annotated[int | None, typer.Option(help="At most this many drafts.")] = None,
+    min_confidence: MinConfidenceOption = None,
+    max_confidence: MaxConfidenceOption = None,
+    review: ReviewOption = None,
+    flagged: FlaggedOption = None,
+    path: PathOption = None,
+    include_stale: StaleOption = False,
+    sort: SortOption = "confidence",
+    limit: LimitOption = None,
     n_best: Annotated[int, typer.Option(help="Add the alternatives up to this rank.")] = 1,
     document_root: Annotated[
         Path | None, typer.Option(help="Label Studio: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.")
@@ -90,8 +78,8 @@ def export_cli(
     """
     from labeler.export import export_drafts
 
-    spec = _filter(dataset, model, settings, min_confidence, max_confidence, review, flagged,
-                   path, include_stale, limit)  # fmt: skip
+    spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
+                        flagged, path, include_stale, limit)  # fmt: skip
     result = export_drafts(
         open_store_for(db), fmt, output, spec=spec, sort=sort, n_best=n_best, force=force,
         document_root=document_root, url_prefix=url_prefix, ground_truth=ground_truth,
@@ -159,7 +147,7 @@ def stats_cli(
         from labeler.errors import InputError
 
         raise InputError("--target must be in (0, 1] and --bins at least 1")
-    stats = compute_stats(open_store_for(db), spec=_filter(dataset, model, settings),
+    stats = compute_stats(open_store_for(db), spec=draft_filter(dataset, model, settings),
                           bins=bins, target=target)  # fmt: skip
     if json_output:
         print_json(stats.to_dict())

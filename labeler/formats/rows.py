@@ -76,13 +76,19 @@ class ExportRow:
         Tokens are the caption's whitespace-separated words followed by the end token, which
         is how the decoder emitted them; an index past the words is the end token.
         """
-        logprobs = self.token_logprobs
-        if not logprobs:
+        index = self.least_certain_index
+        if index is None:
             return None
-        index = logprobs.index(min(logprobs))  # the first of equals; two C calls, no key=
+        logprobs = self.token_logprobs
         words = self.text.split()
         word = words[index] if index < len(words) else END_TOKEN
         return word, logprobs[index]
+
+    @property
+    def least_certain_index(self) -> int | None:
+        """Which token is least certain: a word's index, or len(words) for the end token."""
+        logprobs = self.token_logprobs
+        return logprobs.index(min(logprobs)) if logprobs else None  # the first of equals
 
     @property
     def model_version(self) -> str:
