@@ -34,7 +34,20 @@ DIFFERENT = {"red": "two people walking", "star": "an old wooden boat"}
 
 
 def child_processes() -> list[str]:
-    """Command lines of this process's live or zombie children (Linux)."""
+    """'pid state' of this process's live or zombie children (Linux) that the test started:
+    children from before it (a fork server other tests left running) are not its doing."""
+    return [child for child in _children() if child.split()[0] not in _BEFORE]
+
+
+_BEFORE: set[str] = set()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _children_before():
+    _BEFORE.update(child.split()[0] for child in _children())
+
+
+def _children() -> list[str]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
