@@ -210,6 +210,8 @@ def caption_images(
     settings; safe to run in several processes on one store."""
     if batch_size < 1:
         raise InputError("batch size must be at least 1")
+    if limit is not None and limit < 1:
+        raise InputError("the limit must be at least 1 image")
     started = time.perf_counter()
     scope, model_id, run = _begin(store, captioner, settings, datasets, recaption, model_source)
     result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
@@ -236,7 +238,7 @@ def caption_images(
 
 
 def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # type: ignore[no-untyped-def]
-    current = state.next_batch(batch_size)
+    current = state.next_batch(batch_size if limit is None else min(batch_size, limit))
     while current is not None:
         if should_stop and should_stop():
             state.give_back(current)  # leased and maybe decoded, but not captioned: not ours

@@ -160,6 +160,9 @@ def test_an_interrupted_run_keeps_its_batches_and_the_next_finishes(store, photo
 def test_the_limit_stops_early(store, photos, captioner):
     scan(store, [photos], workers=1)
     assert _run(store, captioner, limit=4, batch_size=2).images == 4
+    assert _run(store, captioner, limit=1, batch_size=3).images == 1  # smaller than a batch
+    with pytest.raises(InputError, match="limit"):
+        _run(store, captioner, limit=0)
 
 
 def test_batch_size_and_loader_processes_do_not_change_any_draft(store, photos, captioner):

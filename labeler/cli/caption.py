@@ -116,7 +116,7 @@ def _caption_json(result) -> dict:  # type: ignore[no-untyped-def]
 def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
     rate = result.images / result.elapsed_s if result.elapsed_s else 0.0
     mean = f"{result.mean_confidence:.3f}" if result.mean_confidence is not None else "-"
-    table = Table("captioned", "model calls", "shared", "failed", "flagged", "mean confidence",
+    table = Table("images", "unique contents", "copied", "failed", "flagged", "mean confidence",
                   title=f"Run {result.run_id}: {result.model} ({result.settings_key})")  # fmt: skip
     table.add_row(str(result.images), str(result.contents), str(result.copied),
                   str(sum(result.failed.values())), str(result.flagged), mean)  # fmt: skip
