@@ -175,9 +175,11 @@ class _Job:
         self.seen = seen
         self.max_pixels = max_pixels
         self.progress = progress
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []  # in image_store.image_row_columns() order
         self.changed_ids: list[int] = []
         self.read = 0
+        self.dialect = store.engine.dialect.name
+        self.now = image_store.driver_time(self.dialect, utcnow())  # renewed at each flush
 
     def run(self, found: Iterator[tuple[int, Found]], workers: int | None) -> None:
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
@@ -245,26 +247,12 @@ class _Job:
                 self.changed_ids.append(known.id)
         else:
             self.result.unchanged += 1
-        now = utcnow()
+        found = pending.found
         self.rows.append(
-            {
-                "dataset_id": pending.dataset_id,
-                "path": display(pending.found.rel),
-                "path_raw": pending.found.rel,
-                "size": probe.size,
-                "mtime_ns": probe.mtime_ns,
-                "content_hash": probe.sha256,
-                "format": probe.format,
-                "width": probe.width,
-                "height": probe.height,
-                "mode": probe.mode,
-                "frames": probe.frames,
-                "status": probe.status,
-                "reason": probe.reason or None,
-                "first_seen_at": now,
-                "scanned_at": now,
-            }
-        )
+            (pending.dataset_id, display(found.rel), found.rel, probe.size, probe.mtime_ns,
+             probe.sha256, probe.format, probe.width, probe.height, probe.mode, probe.frames,
+             probe.status, probe.reason or None, self.now, self.now)
+        )  # fmt: skip
 
     def _flush(self) -> None:
         if not self.rows:
@@ -273,6 +261,7 @@ class _Job:
             image_store.upsert_images(session, self.rows)
             self.result.stale_drafts += image_store.mark_stale(session, self.changed_ids)
         self.rows, self.changed_ids = [], []
+        self.now = image_store.driver_time(self.dialect, utcnow())
 
     def _report(self) -> None:
         if self.progress is not None:
