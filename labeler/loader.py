@@ -43,15 +43,8 @@ def decode_first(
         except imageio.ImageDecodeError as exc:
             errors.append((index, exc.status, exc.reason))
             continue
-        pixels = preprocess(image)
-        return Decoded(np.ascontiguousarray(pixels.numpy()), errors)
+        return Decoded(preprocess(image), errors)
     return Decoded(None, errors)
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one decode per process; the model keeps the cores
 
 
 class Loader:
@@ -60,7 +53,7 @@ class Loader:
     def __init__(self, captioner, *, workers: int | None = None,
                  max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
         preprocessing = captioner.preprocessing
-        self.preprocess = preprocessing.to_tensor
+        self.preprocess = preprocessing.to_array  # Pillow only: no torch in the workers
         self.min_side = int(preprocessing.resize)
         self.max_pixels = max_pixels
         self.workers = (
@@ -69,7 +62,7 @@ class Loader:
         self._pool: Executor | None = None
 
     def __enter__(self) -> Loader:
-        self._pool = worker_pool(self.workers, preload=["labeler.loader"], initializer=_one_thread)
+        self._pool = worker_pool(self.workers, preload=["labeler.loader"])
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -181,3 +181,38 @@ def test_an_unknown_dataset_is_refused(store, photos, captioner):
     scan(store, [photos], workers=1)
     with pytest.raises(InputError, match="no dataset named elsewhere"):
         _run(store, captioner, datasets=["elsewhere"])
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_the_loaders_pillow_preprocessing_equals_torchvisions(interpolation):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from labeler.model.preprocessing import Preprocessing
+
+    prep = Preprocessing(resize=40, crop=32, mean=(0.5,) * 3, std=(0.2,) * 3,
+                         interpolation=interpolation)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for size in [(48, 40), (40, 48), (100, 37), (40, 40), (333, 500), (41, 1000)]:
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = PILImage.fromarray(pixels)
+        assert np.array_equal(prep.to_array(image), prep.to_tensor(image).numpy()), size
+
+
+def test_loader_workers_decode_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    (path,) = make.write_many(tmp_path, 1, size=(64, 48))
+    code = (
+        "import sys\n"
+        "from labeler.loader import decode_first\n"
+        "from labeler.model.preprocessing import Preprocessing\n"
+        "prep = Preprocessing(resize=40, crop=32, mean=(0.5,) * 3, std=(0.2,) * 3)\n"
+        f"decoded = decode_first([{str(path)!r}.encode()], prep.to_array, 40, 10**8)\n"
+        "assert decoded.pixels.shape == (3, 32, 32), decoded\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -9,13 +9,25 @@ batch, on the model's device. Together they equal torchvision's `weights.transfo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from labeler.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+# torchvision's InterpolationMode values -> Pillow's filters, as torchvision maps them for PIL.
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,29 @@ class Preprocessing:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"preprocessing settings are incomplete: {exc}") from None
 
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """The same pixels as `to_tensor`, as a uint8 numpy array (3, crop, crop), computed with
+        Pillow alone: the caption job's loader processes then never import torch."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != (width, height):
+            image = image.resize(size, _PIL_FILTERS[self.interpolation])
+        if min(size) < self.crop:  # torchvision pads here; no preset does this
+            return self.to_tensor(image).numpy()
+        top = int(round((size[1] - self.crop) / 2.0))
+        left = int(round((size[0] - self.crop) / 2.0))
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))  # (3, crop, crop)
+
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> uint8 tensor (3, crop, crop), resized and centre-cropped."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
         if image.mode != "RGB":
             image = image.convert("RGB")
         mode = InterpolationMode(self.interpolation)
@@ -64,6 +97,8 @@ class Preprocessing:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) pixels -> normalised float32 on the same device."""
+        import torch
+
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
         return (images.float() / 255.0 - mean) / std
