@@ -96,7 +96,9 @@ def _match_all(
     session: Session, records: list[ReviewRecord], scope: dict[int, bytes]
 ) -> list[_Match]:
     by_id = _chunked(session, Image.id, {r.image_id for r in records if r.image_id is not None})
-    by_hash = _images_by_hash(session, {r.content_hash for r in records if r.content_hash}, scope)
+    # A hash is the last resort: looked up only for records that name neither id nor path.
+    hashes = {r.content_hash for r in records if r.content_hash and not (r.image_id or r.path)}
+    by_hash = _images_by_hash(session, hashes, scope)
     by_path = _images_by_path(session, records, scope)
     images = {}
     for record in records:
@@ -142,11 +144,14 @@ def _images_by_hash(
     found: dict[str, list[int]] = {}
     items = sorted(hashes)
     for start in range(0, len(items), CHUNK):
-        query = select(Image.content_hash, Image.id).where(
-            Image.content_hash.in_(items[start : start + CHUNK]), Image.dataset_id.in_(list(scope))
+        # The scope is checked here, not in SQL, so the planner cannot pick the dataset index
+        # over the content-hash one and scan a whole dataset per chunk.
+        query = select(Image.content_hash, Image.id, Image.dataset_id).where(
+            Image.content_hash.in_(items[start : start + CHUNK])
         )
-        for content_hash, image_id in session.execute(query):
-            found.setdefault(content_hash, []).append(image_id)
+        for content_hash, image_id, dataset_id in session.execute(query):
+            if dataset_id in scope:
+                found.setdefault(content_hash, []).append(image_id)
     return found
 
 

@@ -205,3 +205,16 @@ def test_the_cli_exports_imports_and_reports(drafted, tmp_path):
     stats = runner.invoke(app, ["stats", "--json", *db])
     assert json.loads(stats.stdout)["drafts"] == IMAGES
     assert runner.invoke(app, ["stats", *db]).exit_code == 0
+
+
+def test_a_record_with_only_a_content_hash_reviews_every_copy(drafted, tmp_path):
+    (row, *_) = _rows(drafted)
+    by_hash = tmp_path / "by_hash.jsonl"
+    by_hash.write_text(json.dumps({"content_hash": row.content_hash, "outcome": "rejected"}) + "\n")
+    assert import_reviews(drafted, by_hash).added == 1
+    (reviewed,) = _rows(drafted, review=["rejected"])
+    assert reviewed.image_id == row.image_id
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"content_hash": "0" * 64, "outcome": "rejected"}) + "\n")
+    with pytest.raises(FormatError, match="unknown.jsonl line 1: no image with content hash"):
+        import_reviews(drafted, unknown)
