@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from labeler.caption import caption_images  # noqa: E402
+from labeler.loader import decode_first  # noqa: E402
 from labeler.model.captioner import ShowTellCaptioner  # noqa: E402
 from labeler.model.checkpoint import save_checkpoint  # noqa: E402
 from labeler.model.drafts import DecodeSettings  # noqa: E402
@@ -59,11 +60,13 @@ def make_checkpoint(path: Path, backbone: str, vocab_size: int, hidden: int, cro
 
 
 def bare_model(captioner, paths, batch: int) -> float:
-    """(a): decode and preprocess first, untimed; then time the model alone."""
-    tensors = []
-    for p in paths:
-        with Image.open(p) as im:
-            tensors.append(captioner.preprocess(im.convert("RGB")))
+    """(a): decode and preprocess first, untimed, exactly as the pipeline's loader does (so both
+    decode the same pixels and the beam search does the same work); then time the model alone."""
+    prep = captioner.preprocessing
+    tensors = [
+        torch.from_numpy(decode_first([os.fsencode(p)], prep.to_array, prep.resize, 10**9).pixels)
+        for p in paths
+    ]
     start = time.perf_counter()
     for i in range(0, len(tensors), batch):
         captioner.caption(torch.stack(tensors[i : i + batch]), SETTINGS)

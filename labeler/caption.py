@@ -238,14 +238,19 @@ def caption_images(
 
 
 def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # type: ignore[no-untyped-def]
-    current = state.next_batch(batch_size if limit is None else min(batch_size, limit))
+    # The first batches ramp up from an eighth of the batch size, doubling: the model starts as
+    # soon as a few images are decoded, and each batch decodes while the one before, half its
+    # size, is captioned; a full first batch would leave the model idle for its whole decode.
+    ramp = max(1, batch_size // 8)
+    current = state.next_batch(ramp if limit is None else min(ramp, limit))
     while current is not None:
         if should_stop and should_stop():
             state.give_back(current)  # leased and maybe decoded, but not captioned: not ours
             state.result.interrupted = True
             return
+        ramp = min(batch_size, ramp * 2)
         room = None if limit is None else limit - state.result.images - len(current.work)
-        size = batch_size if room is None else min(batch_size, room)
+        size = ramp if room is None else min(ramp, room)
         upcoming = state.next_batch(size, wait=False) if size > 0 else None
         state.finish_batch(current)
         if progress is not None:

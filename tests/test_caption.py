@@ -146,11 +146,11 @@ def test_an_interrupted_run_keeps_its_batches_and_the_next_finishes(store, photo
         calls.append(1)
         return len(calls) > 1
 
-    first = _run(store, captioner, should_stop=stop_after_first_batch)
-    assert first.interrupted and first.images == 3
-    assert len(_drafts(store, rank=0)) == 3
+    first = _run(store, captioner, should_stop=stop_after_first_batch, batch_size=8)
+    assert first.interrupted and first.images == 1  # the first batch is an eighth: ramping up
+    assert len(_drafts(store, rank=0)) == 1
     rest = _run(store, captioner)
-    assert rest.images == 5 and not rest.interrupted
+    assert rest.images == 7 and not rest.interrupted
     assert len(_drafts(store, rank=0)) == 8
     with store.session() as session:
         statuses = session.scalars(select(CaptionRun.status).order_by(CaptionRun.id)).all()
@@ -216,3 +216,18 @@ def test_loader_workers_decode_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_batches_ramp_up_so_the_model_starts_early(store, tmp_path, captioner, monkeypatch):
+    make.write_many(tmp_path / "many", 20, size=(48, 40))
+    scan(store, [tmp_path / "many"], workers=1)
+    sizes = []
+    original = captioner.caption
+
+    def counting(images, settings):
+        sizes.append(images.size(0))
+        return original(images, settings)
+
+    monkeypatch.setattr(captioner, "caption", counting)
+    assert _run(store, captioner, batch_size=8).images == 20
+    assert sizes == [1, 2, 4, 8, 5]
