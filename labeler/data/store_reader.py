@@ -1,0 +1,70 @@
+"""Reviewed captions from the store as training data: the corrections become a CaptionSet.
+
+Each image contributes the caption of its newest review (by review time, else import time, then
+id: the same rule as exports and stats), when that review accepted or edited a draft. The review's
+own text is the caption the reviewer kept; an older import may have left it empty for an accepted
+draft, and then the draft's text is used. A newer rejection or skip therefore takes an image out:
+the latest word on an image is the one that counts. Images whose file is no longer readable are
+skipped and counted by the same builder the file readers use, so a vanished image never stops a
+training run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import desc, func, select
+from sqlalchemy.orm import aliased
+
+from labeler.data.readers import CaptionSet, CaptionSetBuilder
+from labeler.errors import InputError
+from labeler.store import Store
+from labeler.store.models import Caption, Dataset, Image, Review
+
+KEPT = ("accepted", "edited")
+
+
+def read_reviewed(
+    store: Store, *, datasets: Sequence[str] | None = None, split: str = "train"
+) -> CaptionSet:
+    """One CaptionedImage per image whose newest review kept a caption; every image gets
+    `split`. Keys are "<dataset>/<path>", so images of several datasets never collide."""
+    newest = (
+        select(Review.id)
+        .where(Review.image_id == Image.id)
+        .order_by(desc(func.coalesce(Review.reviewed_at, Review.imported_at)), desc(Review.id))
+        .limit(1)
+        .scalar_subquery()
+    )
+    review = aliased(Review, name="newest_review")  # not correlated with the subquery's Review
+    query = (
+        select(Dataset.name, Dataset.root_raw, Image.path, Image.path_raw, review.outcome,
+               func.coalesce(review.text, Caption.text))
+        .join(Image, Image.dataset_id == Dataset.id)
+        .join(review, review.id == newest)
+        .outerjoin(Caption, Caption.id == review.caption_id)
+        .order_by(Dataset.name, Image.path)
+    )  # fmt: skip
+    if datasets:
+        query = query.where(Dataset.name.in_(list(datasets)))
+    builder = CaptionSetBuilder(Path("/"), keep_split=None, source=Path(store.url), fmt="store")
+    with store.session() as session:
+        rows = session.execute(query).all()
+    for name, root, path, path_raw, outcome, text in rows:
+        if outcome not in KEPT:
+            continue
+        where = f"review of {name}/{path}"
+        if not (text or "").strip():
+            builder.skipped.add("no captions", where)
+            continue
+        absolute = os.fsdecode(os.path.join(bytes(root), bytes(path_raw)))
+        extra = {"dataset": name, "path": path}
+        builder.add(absolute, [" ".join(text.split())], split, where, extra)
+    result = builder.finish()
+    if not result.items and not result.skipped.total:
+        raise InputError("no reviewed captions in the store: import reviews first")
+    for item in result.items:
+        item.key = f"{item.extra['dataset']}/{item.extra['path']}"
+    return result

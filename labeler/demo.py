@@ -1,0 +1,227 @@
+"""`labeler demo`: the whole loop offline, on generated scenes, in a few minutes on a laptop CPU.
+
+It runs the same library functions the commands run, in order: draw caption scenes (a training
+set with a validation split, and a held-out folder), train a small Show and Tell model on them,
+scan the held-out folder into a fresh store, caption it, export the drafts as CSV and as Label
+Studio tasks, and pick a few drafts to show. Nothing is downloaded: the backbone keeps its random
+weights, so the settings below are sized for this CPU budget rather than for caption quality.
+Because the held-out scenes come with their truth, the demo can also say how many drafts name
+every object right and whether confidence ranks the right drafts above the wrong ones.
+
+Everything lands in one folder; a second run with `force` replaces the scenes, model, store and
+exports but keeps the feature cache, whose key still matches (same seed, same random backbone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labeler.errors import InputError, LabelerError
+from labeler.model.drafts import DecodeSettings
+from labeler.train import EpochReport, TrainProgress, TrainResult, TrainSettings
+
+# Frozen random resnet18 on 64-pixel scenes: features once (cached), then ~4 s decoder epochs.
+# One torch thread: a small LSTM gains little from a second one, and on a busy machine the
+# threads wait on each other (several times slower).
+DEMO_TRAIN = TrainSettings(
+    backbone="resnet18", image_size=64, embed_size=128, hidden_size=128, dropout=0.2,
+    min_word_count=1, epochs=15, batch_size=64, captions_per_image=2, lr=2e-3, patience=4,
+    threads=1,
+)  # fmt: skip
+QUICK_TRAIN = dataclasses.replace(
+    DEMO_TRAIN, image_size=32, embed_size=32, hidden_size=32, epochs=2, batch_size=16, workers=0,
+    samples=1,
+)  # fmt: skip
+OUTPUTS = ("scenes", "holdout", "model.pt", "labeler.db", "drafts.csv", "tasks.json",
+           "tasks.config.xml")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    train_scenes: int = 3000  # scenes the model learns from
+    val_scenes: int = 300  # scenes that pick the best epoch
+    holdout_scenes: int = 300  # the "new" folder that is scanned, captioned and exported
+    scene_size: int = 64  # pixels of the generated images (the model's input size is in train)
+    train: TrainSettings = DEMO_TRAIN
+    decode: DecodeSettings = DecodeSettings(beam_size=3, max_len=20, n_best=2)
+    seed: int = 0
+    show: int = 8  # drafts in the table, spread over the confidence range
+    workers: int | None = None  # scan and caption processes; 0 works inline
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """A run of seconds, for tests and a first look: a few dozen tiny scenes."""
+        return cls(train_scenes=40, val_scenes=12, holdout_scenes=8, scene_size=48,
+                   train=QUICK_TRAIN, show=4, workers=0)  # fmt: skip
+
+
+@dataclass
+class DemoDraft:
+    path: str  # relative to the held-out folder's images
+    text: str
+    confidence: float
+    objects_right: bool  # names every object's colour and shape, and nothing else
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    files: dict[str, Path]  # what -> where: scenes, holdout, model, store, csv, tasks...
+    train: TrainResult
+    captioned: int  # held-out images that got drafts
+    objects_right: int  # of which the best draft names the objects right
+    auroc: float | None  # how well confidence ranks right drafts above wrong ones
+    drafts: list[DemoDraft] = field(default_factory=list)  # the table, by confidence
+    seconds: dict[str, float] = field(default_factory=dict)  # per step
+    elapsed_s: float = 0.0
+
+
+def run_demo(
+    out_dir: str | Path = "labeler-demo",
+    *,
+    settings: DemoSettings = DemoSettings(),
+    force: bool = False,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> DemoResult:
+    """Run the loop into `out_dir`; `progress(step, done, total)` follows each step."""
+    out = Path(out_dir).absolute()
+    _prepare(out, force)
+    report = progress or (lambda step, done, total: None)
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "scenes"):
+        scenes, holdout = _scenes(out, settings, report)
+    with _timed(seconds, "train"):
+        trained = _train(out, scenes, settings, report, on_epoch)
+    store = _open_store(out)
+    try:
+        with _timed(seconds, "scan+caption"):
+            captioned = _scan_and_caption(store, out, holdout, settings, report)
+        with _timed(seconds, "export"):
+            files = _export(store, out)
+        result = _summarise(store, holdout, settings)
+    finally:
+        store.dispose()
+    files = {"scenes": scenes, "holdout": holdout.parent, "model": out / "model.pt",
+             "store": out / "labeler.db", **files}  # fmt: skip
+    return DemoResult(
+        out_dir=out, files=files, train=trained, captioned=captioned, objects_right=result[0],
+        auroc=result[1], drafts=result[2], seconds=seconds,
+        elapsed_s=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t0, 2)
+
+
+def _prepare(out: Path, force: bool) -> None:
+    """Refuse a folder with other content; with `force`, remove the demo's own earlier outputs."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"{out} is not empty; use --force to replace an earlier demo in it")
+        for name in OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            for path in [target, *out.glob(f"{name}-*")]:  # the store's -wal and -shm
+                if path.is_file():
+                    path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _scenes(out: Path, settings: DemoSettings, report) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    from labeler.data.scenes import generate_scenes
+
+    count = settings.train_scenes + settings.val_scenes
+    made = generate_scenes(
+        out / "scenes", count=count, seed=settings.seed, size=settings.scene_size,
+        splits={"train": settings.train_scenes / count, "val": settings.val_scenes / count},
+        on_progress=lambda done, total: report("scenes", done, total),
+    )  # fmt: skip
+    held = generate_scenes(
+        out / "holdout", count=settings.holdout_scenes, seed=settings.seed + 1,
+        size=settings.scene_size, splits="test",
+    )  # fmt: skip
+    return made.json_path, held.json_path
+
+
+def _train(out: Path, scenes: Path, settings: DemoSettings, report, on_epoch) -> TrainResult:  # type: ignore[no-untyped-def]
+    from labeler.data.readers import read_captions
+    from labeler.train import train
+
+    def follow(p: TrainProgress) -> None:
+        report("features" if p.phase == "features" else f"epoch {p.epoch}", p.done, p.total)
+
+    trained = train(
+        read_captions(scenes), out / "model.pt", settings=settings.train, force=True,
+        cache_dir=out / "features-cache", progress=follow, on_epoch=on_epoch,
+    )  # fmt: skip
+    if trained.stopped == "interrupted":  # Ctrl-C in a demo means stop, not carry on
+        raise LabelerError("demo interrupted while training; run it again with --force")
+    return trained
+
+
+def _open_store(out: Path):  # type: ignore[no-untyped-def]
+    from labeler.store import open_store
+
+    return open_store(str(out / "labeler.db"))
+
+
+def _scan_and_caption(store, out: Path, holdout: Path, settings: DemoSettings, report) -> int:  # type: ignore[no-untyped-def]
+    from labeler.caption import caption_images
+    from labeler.model.captioner import ShowTellCaptioner
+    from labeler.scan import scan
+
+    scan(store, [holdout.parent / "images"], dataset="demo-holdout", workers=settings.workers,
+         progress=lambda p: report("scan", p.files, None))  # fmt: skip
+    captioner = ShowTellCaptioner.from_checkpoint(out / "model.pt", device=settings.train.device)
+    done = caption_images(
+        store, captioner, settings=settings.decode, workers=settings.workers, batch_size=64,
+        model_source=str(out / "model.pt"),
+        progress=lambda p: report("caption", p.done, p.total),
+    )  # fmt: skip
+    return done.images
+
+
+def _export(store, out: Path) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    from labeler.export import export_drafts
+    from labeler.formats.labelstudio import config_path
+
+    export_drafts(store, "csv", out / "drafts.csv", n_best=2, force=True)
+    tasks = out / "tasks.json"
+    export_drafts(store, "label-studio", tasks, n_best=2, force=True, document_root=out)
+    return {"csv": out / "drafts.csv", "label_studio_tasks": tasks,
+            "label_studio_config": config_path(tasks)}  # fmt: skip
+
+
+def _summarise(store, holdout: Path, settings: DemoSettings):  # type: ignore[no-untyped-def]
+    """(objects right, AUROC, the table): drafts judged against the held-out scenes' truth."""
+    from labeler.data.readers import read_captions
+    from labeler.data.scenes import objects_right
+    from labeler.stats import auroc
+    from labeler.store.exports import DraftFilter, iter_drafts
+
+    truth = {item.key.removeprefix("images/"): item.extra["objects"]
+             for item in read_captions(holdout).items}  # fmt: skip
+    with store.session() as session:
+        rows = list(iter_drafts(session, DraftFilter(), sort="confidence"))
+    drafts = [DemoDraft(r.path, r.text, r.confidence, objects_right(r.text, truth[r.path]))
+              for r in rows]  # fmt: skip
+    right = sum(d.objects_right for d in drafts)
+    score = auroc([(d.confidence, d.objects_right) for d in drafts])
+    n = min(settings.show, len(drafts))
+    picks = sorted({round(i * (len(drafts) - 1) / max(1, n - 1)) for i in range(n)})
+    return right, score, [drafts[i] for i in reversed(picks)]
