@@ -147,10 +147,7 @@ def _plan(
 
 
 def _dataset(session, name: str, root: bytes):  # type: ignore[no-untyped-def]
-    existing = image_store.find_dataset(session, name)
-    if existing is None:
-        return image_store.create_dataset(session, name, display(root), root)
-    return existing
+    return image_store.ensure_dataset(session, name, display(root), root)
 
 
 def _target(ds, raw: bytes) -> _Target:  # type: ignore[no-untyped-def]

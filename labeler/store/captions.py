@@ -22,7 +22,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from labeler.model.drafts import ImageDrafts
-from labeler.store.models import Caption, CaptionClaim, CaptionRun, Dataset, Image, Model
+from labeler.store.models import (
+    Caption,
+    CaptionClaim,
+    CaptionRun,
+    Dataset,
+    Image,
+    Model,
+    utcnow,
+)  # fmt: skip
 
 CHUNK = 500
 
@@ -40,13 +48,17 @@ def register_model(
     session: Session, *, content_hash: str, name: str, family: str, source: str | None,
     info: dict[str, Any] | None,
 ) -> int:  # fmt: skip
-    found = session.scalar(select(Model.id).where(Model.content_hash == content_hash))
-    if found is not None:
-        return found
-    model = Model(content_hash=content_hash, name=name, family=family, source=source, info=info)
-    session.add(model)
-    session.flush()
-    return model.id
+    """The model's id, registering it first; safe when several workers start at once (the
+    insert waits for a concurrent one and then does nothing)."""
+    connection = session.connection()
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(Model.__table__)
+        .values(content_hash=content_hash, name=name, family=family, source=source, info=info,
+                registered_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["content_hash"])
+    )  # fmt: skip
+    return session.scalar(select(Model.id).where(Model.content_hash == content_hash))
 
 
 def start_run(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from labeler.store.models import Caption, Dataset, Image
@@ -41,11 +42,19 @@ def find_dataset(session: Session, name: str) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.name == name))
 
 
-def create_dataset(session: Session, name: str, root: str, root_raw: bytes) -> Dataset:
-    dataset = Dataset(name=name, root=root, root_raw=root_raw)
-    session.add(dataset)
-    session.flush()
-    return dataset
+def ensure_dataset(session: Session, name: str, root: str, root_raw: bytes) -> Dataset:
+    """The dataset of this name, created with this root if there is none; safe when two scans
+    create it at once (the insert waits for the other and then does nothing)."""
+    connection = session.connection()
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(Dataset.__table__)
+        .values(
+            name=name, root=root, root_raw=root_raw, created_at=dt.datetime.now(dt.timezone.utc)
+        )
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return session.scalar(select(Dataset).where(Dataset.name == name))
 
 
 # The two statements a scan runs per file go straight to the driver: SQLAlchemy's per-row
