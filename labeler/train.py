@@ -58,7 +58,6 @@ from labeler.model.vocab import Vocabulary
 
 STATE_FORMAT = "labeler.train_state"
 STATE_VERSION = 1
-SAMPLE_SETTINGS = DecodeSettings(beam_size=3, max_len=20)
 
 
 @dataclass(frozen=True)
@@ -534,7 +533,8 @@ class _Run:
         hyps = beam_search(
             self.model.step, self.model.init_state(embedding), embedding.size(0),
             start_id=Vocabulary.start_id, end_id=Vocabulary.end_id, unk_id=Vocabulary.unk_id,
-            settings=SAMPLE_SETTINGS, banned_ids=(Vocabulary.pad_id, Vocabulary.start_id),
+            settings=DecodeSettings(beam_size=3, max_len=self.s.max_words + 1),
+            banned_ids=(Vocabulary.pad_id, Vocabulary.start_id),
         )  # fmt: skip
         words = [[self.vocab.itos[t] for t in h[0].token_ids] if h else [] for h in hyps]
         return [

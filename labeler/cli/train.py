@@ -144,7 +144,8 @@ def _print_epoch(r) -> None:  # type: ignore[no-untyped-def]
     mark = " (best: saved)" if r.best else ""
     err_console.print(
         f"epoch {r.epoch}/{r.epochs}: train {r.train_loss:.3f}, val {r.val_loss:.3f} "
-        f"({r.val_token_loss:.3f}/token), lr {r.lr:.2g}, {r.seconds:.1f} s{mark}", markup=False
+        f"({r.val_token_loss:.3f}/token), lr {r.lr:.2g}, {r.seconds:.1f} s{mark}", markup=False,
+        soft_wrap=True,
     )  # fmt: skip
     for sample in r.samples:
         err_console.print(f"  {sample.key}: {sample.caption}", markup=False, soft_wrap=True)
