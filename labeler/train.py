@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from labeler.features import (
 )
 from labeler.model.beam import beam_search
 from labeler.model.captioner import pick_device
-from labeler.model.checkpoint import file_sha256, save_checkpoint
+from labeler.model.checkpoint import atomic_torch_save, file_sha256, save_checkpoint
 from labeler.model.drafts import DecodeSettings
 from labeler.model.show_tell import ModelConfig, ShowAndTell, build_model
 from labeler.model.vocab import Vocabulary
@@ -562,7 +561,7 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
         }  # fmt: skip
-        _atomic_save(state, state_path(self.out))
+        atomic_torch_save(state, state_path(self.out))
 
 
 def _seeded(seed: int, epoch: int) -> torch.Generator:
@@ -580,17 +579,3 @@ def _whiten_projection(model: ShowAndTell, features: torch.Tensor) -> None:
     project = model.encoder.project
     project.weight.div_(std.to(project.weight.device))
     project.bias.sub_(project.weight @ mean.to(project.weight.device))
-
-
-def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

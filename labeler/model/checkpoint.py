@@ -69,6 +69,12 @@ def save_checkpoint(
         "training": training,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: dict, path: Path) -> str:
+    """torch.save to a temporary file beside `path`, fsync, rename; returns the sha256 hex of
+    the bytes. A crash at any point leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
