@@ -15,13 +15,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import desc, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import func, select
 
 from labeler.data.readers import CaptionSet, CaptionSetBuilder
 from labeler.errors import InputError
 from labeler.store import Store
-from labeler.store.models import Caption, Dataset, Image, Review
+from labeler.store.exports import latest_review
+from labeler.store.models import Caption, Dataset, Image
 
 KEPT = ("accepted", "edited")
 
@@ -31,14 +31,7 @@ def read_reviewed(
 ) -> CaptionSet:
     """One CaptionedImage per image whose newest review kept a caption; every image gets
     `split`. Keys are "<dataset>/<path>", so images of several datasets never collide."""
-    newest = (
-        select(Review.id)
-        .where(Review.image_id == Image.id)
-        .order_by(desc(func.coalesce(Review.reviewed_at, Review.imported_at)), desc(Review.id))
-        .limit(1)
-        .scalar_subquery()
-    )
-    review = aliased(Review, name="newest_review")  # not correlated with the subquery's Review
+    review, newest = latest_review("newest_review")
     query = (
         select(Dataset.name, Dataset.root_raw, Image.path, Image.path_raw, review.outcome,
                func.coalesce(review.text, Caption.text))

@@ -77,7 +77,9 @@ def resolve(session: Session, spec: DraftFilter) -> Selection:
     return Selection(*found)
 
 
-def _latest_review():  # type: ignore[no-untyped-def]
+def latest_review(name: str = "latest_review"):  # type: ignore[no-untyped-def]
+    """An alias of the reviews table and the scalar subquery picking each image's newest review
+    (by review time, else import time, then id): the one definition of "the review that counts"."""
     newest = (
         select(Review.id)
         .where(Review.image_id == Image.id)
@@ -85,13 +87,13 @@ def _latest_review():  # type: ignore[no-untyped-def]
         .limit(1)
         .scalar_subquery()
     )
-    return aliased(Review, name="latest_review"), newest
+    return aliased(Review, name=name), newest
 
 
 def draft_query(session: Session, spec: DraftFilter, chosen: Selection, sort: str) -> Select:
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
-    review, newest = _latest_review()
+    review, newest = latest_review()
     query = (
         select(
             Caption.id,
