@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,6 @@ import imagefactory  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from labeler.caption import caption_images  # noqa: E402
 from labeler.loader import decode_first  # noqa: E402
 from labeler.model.captioner import ShowTellCaptioner  # noqa: E402
 from labeler.model.checkpoint import save_checkpoint  # noqa: E402
@@ -73,15 +73,29 @@ def bare_model(captioner, paths, batch: int) -> float:
     return len(tensors) / (time.perf_counter() - start)
 
 
-def end_to_end(captioner, folder: Path, db: Path, batch: int, workers: int | None) -> float:
-    """(b): the library call behind `labeler caption`, on a store scanned beforehand."""
+def end_to_end(model: Path, folder: Path, db: Path, batch: int, workers: int | None) -> float:
+    """(b): `python -m labeler caption` in its own process, on a store scanned beforehand, timed
+    by the run's own record (caption_runs.timings.total_s: from the job's start, loader processes
+    started and torch's import and the model's load excluded, as (a) excludes them too).
+
+    A separate process, not a call from here: a loader process re-imports the parent's main
+    module, and this script's imports torch, which `labeler` itself never makes a worker do."""
     store = open_store(db)
     scan(store, [folder])
-    start = time.perf_counter()
-    result = caption_images(store, captioner, settings=SETTINGS, batch_size=batch, workers=workers)
-    elapsed = time.perf_counter() - start
-    assert result.images == len(list(folder.glob("*.jpg"))), result
-    return result.images / elapsed
+    store.engine.dispose()
+    command = [sys.executable, "-m", "labeler", "caption", "--db", str(db), "--model", str(model),
+               "--beam", str(SETTINGS.beam_size), "--max-len", str(SETTINGS.max_len),
+               "--batch-size", str(batch)]  # fmt: skip
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    with sqlite3.connect(db) as conn:
+        counts, timings = conn.execute(
+            "SELECT counts, timings FROM caption_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    images = json.loads(counts)["images"]
+    assert images == len(list(folder.glob("*.jpg"))), counts
+    return images / json.loads(timings)["total_s"]
 
 
 def reference_way(captioner, paths) -> float:
@@ -150,7 +164,7 @@ def main() -> None:
             model = make_checkpoint(tmp / f"{backbone}.pt", backbone, args.vocab, args.hidden, None)
             captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
             a = bare_model(captioner, paths, args.batch)
-            b = end_to_end(captioner, folder, tmp / f"{backbone}.db", args.batch, args.workers)
+            b = end_to_end(model, folder, tmp / f"{backbone}.db", args.batch, args.workers)
             c = reference_way(captioner, paths[: max(8, args.images // 4)])
             results[backbone] = {"bare": a, "pipeline": b, "reference": c}
             print(f"{backbone:>20}: (a) bare {a:6.2f} img/s  (b) labeler caption {b:6.2f} img/s  "

@@ -72,7 +72,7 @@ class CaptionResult:
 class _Batch:
     hashes: list[str]
     work: list[caption_store.Work]
-    decoded: list[Future[loader.Decoded]]
+    decoded: list[Future[list[loader.Decoded]]]  # in chunks, in order
 
 
 class _Run:
@@ -137,13 +137,13 @@ class _Run:
         caption_store.release(session, **self._ids(), hashes=done, worker=self.worker)
         if not todo:
             return None
-        futures = [self.pool.submit(w.paths) for w in todo]
+        futures = self.pool.submit([w.paths for w in todo])
         return _Batch([w.content_hash for w in todo], todo, futures)
 
     def finish_batch(self, batch: _Batch) -> None:
         """Wait for the decoded images, caption them, and commit drafts and failures at once."""
         started = time.perf_counter()
-        decoded = [f.result() for f in batch.decoded]
+        decoded = [d for f in batch.decoded for d in f.result()]
         self.timings["decode_wait_s"] += time.perf_counter() - started
         usable = [(w, d) for w, d in zip(batch.work, decoded, strict=True) if d.pixels is not None]
         results = []

@@ -164,10 +164,6 @@ def hash_files(paths: Sequence[Path]) -> list[str | None]:
         return list(pool.map(one, paths))
 
 
-def _decode_many(paths: list[bytes], preprocess, min_side: int, max_pixels: int):  # type: ignore[no-untyped-def]
-    return [loader.decode_first([p], preprocess, min_side, max_pixels) for p in paths]
-
-
 class PixelReader:
     """Decodes images to the model's uint8 input in worker processes (inline with workers=0)."""
 
@@ -190,8 +186,8 @@ class PixelReader:
         size = int(self.preprocessing.resize)
         futures = [
             self._pool.submit(
-                _decode_many,
-                raw[i : i + DECODE_TASK],
+                loader.decode_many,
+                [[p] for p in raw[i : i + DECODE_TASK]],
                 self.preprocessing.to_array,
                 size,
                 imageio.DEFAULT_MAX_PIXELS,

@@ -47,6 +47,13 @@ def decode_first(
     return Decoded(None, errors)
 
 
+def decode_many(
+    tasks: Sequence[Sequence[bytes]], preprocess: Callable, min_side: int, max_pixels: int
+) -> list[Decoded]:  # type: ignore[type-arg]
+    """`decode_first` for each task (the paths of one content), in one call to a worker."""
+    return [decode_first(paths, preprocess, min_side, max_pixels) for paths in tasks]
+
+
 class Loader:
     """A pool of decoding processes bound to one captioner's preprocessing."""
 
@@ -69,10 +76,20 @@ class Loader:
         assert self._pool is not None
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, paths: Sequence[bytes]) -> Future[Decoded]:
+    def submit(self, tasks: Sequence[Sequence[bytes]]) -> list[Future[list[Decoded]]]:
+        """Decode a batch (one task per content: its paths), split into one chunk per worker.
+
+        A chunk, not an image, per call: the executor's feeder thread needs the GIL for every
+        call and every result, and the main thread holds it through the beam search, so calls
+        per image would leave the workers idle while the model runs."""
         assert self._pool is not None, "use the Loader as a context manager"
-        return self._pool.submit(decode_first, tuple(paths), self.preprocess, self.min_side,
-                                 self.max_pixels)  # fmt: skip
+        tasks = [tuple(paths) for paths in tasks]
+        size = max(1, -(-len(tasks) // max(1, self.workers)))
+        return [
+            self._pool.submit(decode_many, tasks[i : i + size], self.preprocess, self.min_side,
+                              self.max_pixels)  # fmt: skip
+            for i in range(0, len(tasks), size)
+        ]
 
 
 def stack(pixels: Sequence[np.ndarray], captioner):  # type: ignore[no-untyped-def]
