@@ -86,8 +86,9 @@ class Loader:
         tasks = [tuple(paths) for paths in tasks]
         size = max(1, -(-len(tasks) // max(1, self.workers)))
         return [
-            self._pool.submit(decode_many, tasks[i : i + size], self.preprocess, self.min_side,
-                              self.max_pixels)  # fmt: skip
+            self._pool.submit(
+                decode_many, tasks[i : i + size], self.preprocess, self.min_side, self.max_pixels
+            )  # fmt: skip
             for i in range(0, len(tasks), size)
         ]
 
