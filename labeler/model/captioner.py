@@ -10,6 +10,12 @@ preprocessing.py). On CUDA the encoder runs under autocast (bfloat16 where suppo
 and in channels_last, where the convolutions are fastest; the decoder and the beam search always
 run in float32, so a draft's log-likelihood does not depend on the device's half-precision
 arithmetic more than it has to.
+
+On a CPU the encoder runs the batch in slices of `CPU_ENCODER_SLICE` images: a convolution's
+working set for 32 images at 224 pixels overflows the caches, and 8 at a time is faster per image
+(resnet50, one thread of this project's 2-core machine: 225 ms an image in slices of 8, 313 ms in
+one call of 32; one image at a time, 225 ms). The beam search still decodes the whole batch at
+once, which is where batching pays on a CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from labeler.model.beam import Hypothesis, beam_search
 from labeler.model.checkpoint import LoadedCheckpoint, load_checkpoint
 from labeler.model.drafts import DecodeSettings, Draft, ImageDrafts
 from labeler.model.preprocessing import Preprocessing
+
+CPU_ENCODER_SLICE = 8  # images per encoder call on a CPU
 
 __all__ = [
     "Captioner",
@@ -135,8 +143,11 @@ class ShowTellCaptioner:
         if self.autocast and self.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             amp = torch.autocast("cuda", dtype=dtype)
+        step = CPU_ENCODER_SLICE if self.device.type == "cpu" else images.size(0)
         with amp:
-            features = self.model.features(images)  # (B, F)
+            features = torch.cat(
+                [self.model.features(part) for part in images.split(max(1, step))]
+            )  # (B, F)
         return self.model.encode(features.float())  # (B, E): the projection in float32
 
     def _drafts(self, hyps: list[Hypothesis], n_best: int) -> ImageDrafts:
