@@ -6,6 +6,11 @@ drafts, and `import_reviews` of a reviewed CSV of `--import-rows` rows (every ro
 Goals (issue 6): one million rows exported in at most 15 s on this CPU; memory flat (peak at N
 no more than a little above peak at N/10).
 
+Where the time goes: `read` streams the N drafts out of the store without writing anything
+(the query, the driver's rows, the DraftChunks); an export's time less that is the formatting
+and writing. Times include opening the store, not the imports. CPU seconds are printed beside
+wall seconds: on a shared machine the wall clock also counts the time other processes had.
+
     python benchmarks/bench_export.py                        # 1,000,000 drafts, import 100,000
     python benchmarks/bench_export.py --rows 100000 --import-rows 10000
 """
@@ -87,19 +92,23 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from labeler.store import open_store
-from labeler.store.exports import DraftFilter
-start = time.perf_counter()
+from labeler.store.exports import DraftFilter, iter_drafts
+start, cpu = time.perf_counter(), time.process_time()
 store = open_store({db!r})
+spec = DraftFilter(datasets=[{dataset!r}])
 if {kind!r} == "import":
     from labeler.importer import import_reviews
     result = import_reviews(store, Path({path!r}))
     count = result.added
+elif {kind!r} == "read":
+    from labeler.formats.rows import collector_paused
+    with store.session() as session, collector_paused():
+        count = sum(len(chunk) for chunk in iter_drafts(session, spec).chunks())
 else:
     from labeler.export import export_drafts
-    spec = DraftFilter(datasets=[{dataset!r}])
     count = export_drafts(store, {kind!r}, Path({path!r}), spec=spec, force=True).count
 elapsed = time.perf_counter() - start
-print(json.dumps({{"count": count, "seconds": elapsed,
+print(json.dumps({{"count": count, "seconds": elapsed, "cpu": time.process_time() - cpu,
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -110,6 +119,10 @@ def child(kind: str, db: Path, path: Path, dataset: str) -> dict:
     if done.returncode:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _us(result: dict, key: str) -> float:
+    return round(result[key] / result["count"] * 1e6, 1)
 
 
 def reviewed_csv(db: Path, tmp: Path, rows: int) -> Path:
@@ -138,11 +151,17 @@ def main() -> None:
         fill(db, max(args.rows // 10, args.import_rows), "small")
         print(f"filled a store with {args.rows} + {max(args.rows // 10, args.import_rows)} "
               f"drafts in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        read = child("read", db, tmp / "unused", "large")
+        print(f"read        : {read['count']:>8} rows in {read['seconds']:6.1f} s "
+              f"({read['cpu']:.1f} s CPU) = {_us(read, 'seconds')} us/row "
+              f"({_us(read, 'cpu')} CPU)")  # fmt: skip
         for kind in ("csv", "jsonl"):
             small = child(kind, db, tmp / f"small.{kind}", "small")
             large = child(kind, db, tmp / f"large.{kind}", "large")
-            print(f"export {kind:5}: {large['count']:>8} rows in {large['seconds']:6.1f} s = "
-                  f"{large['count'] / large['seconds']:8.0f} rows/s (goal: 1M in <= 15 s); "
+            print(f"export {kind:5}: {large['count']:>8} rows in {large['seconds']:6.1f} s "
+                  f"({large['cpu']:.1f} s CPU) = {large['count'] / large['seconds']:8.0f} rows/s "
+                  f"(goal: 1M in <= 15 s); {_us(large, 'seconds')} us/row, of which "
+                  f"{_us(large, 'seconds') - _us(read, 'seconds'):.1f} formatting and writing; "
                   f"peak {small['peak_mib']:.0f} MiB at {small['count']} rows, "
                   f"{large['peak_mib']:.0f} MiB at {large['count']} "
                   f"(ratio {large['peak_mib'] / small['peak_mib']:.2f})")  # fmt: skip

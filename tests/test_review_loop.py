@@ -20,6 +20,7 @@ from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
 from labeler.scan import scan
 from labeler.stats import auroc, compute_stats, threshold_for, word_edit_distance
+from labeler.store import exports
 from labeler.store.exports import DraftFilter, iter_drafts
 from labeler.store.models import Review
 
@@ -112,6 +113,27 @@ def test_a_newer_review_supersedes_an_older_one(drafted, tmp_path):
     assert import_reviews(drafted, tmp_path / "later.jsonl").added == 1
     (row,) = [r for r in _rows(drafted) if r.image_id == image_id]
     assert row.review_outcome == "accepted"
+
+
+def test_chunk_boundaries_change_nothing(drafted, tmp_path, monkeypatch):
+    """Drafts are read a chunk at a time, each chunk's reviews and alternatives with one query:
+    chunks of 3 rows (the last one short) write the bytes that one chunk writes."""
+    _review_file(drafted, tmp_path)
+    import_reviews(drafted, tmp_path / "reviewed.csv", reviewer="ana")
+    for fmt in ("csv", "jsonl", "json"):
+        export_drafts(drafted, fmt, tmp_path / f"whole.{fmt}", n_best=3)
+    whole = _rows(drafted)
+    monkeypatch.setattr(exports, "CHUNK_SIZE", 3)
+    for fmt in ("csv", "jsonl", "json"):
+        export_drafts(drafted, fmt, tmp_path / f"chunked.{fmt}", n_best=3)
+        assert (tmp_path / f"chunked.{fmt}").read_bytes() == (
+            tmp_path / f"whole.{fmt}"
+        ).read_bytes()
+    assert _rows(drafted) == whole
+    with drafted.session() as session:
+        assert [len(c) for c in iter_drafts(session, DraftFilter()).chunks()] == [3, 3, 2]
+    assert sum(r.review_outcome is not None for r in whole) == 4
+    assert all(len(r.alternatives) == 2 for r in whole)
 
 
 @pytest.mark.parametrize(

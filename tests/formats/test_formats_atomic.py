@@ -10,6 +10,7 @@ import pytest
 from formats.test_formats_rows import make_row
 
 from labeler.errors import InputError
+from labeler.formats import rows as rows_module
 from labeler.formats import (
     write_coco,
     write_csv,
@@ -106,20 +107,21 @@ def test_group_renames_nothing_when_the_block_fails(tmp_path):
 
 
 @pytest.mark.parametrize("index", range(8))
-def test_rows_are_streamed_not_collected(tmp_path, index):
-    """Each row is released before the next two are pulled: no writer keeps the rows.
+def test_rows_are_streamed_not_collected(tmp_path, index, monkeypatch):
+    """Rows are released a chunk at a time: no writer keeps more than one chunk of rows.
 
     Rows hold no reference cycles, so reference counting frees a dropped row at once.
     (COCO keeps one (confidence, caption) pair per image, never the rows themselves.)
     """
+    monkeypatch.setattr(rows_module, "CHUNK_SIZE", 5)
     cases = writers(tmp_path) + [(write_sidecar, tmp_path / "mirror", {}, [])]
     writer, dest, options, _ = cases[index]
     refs: list[weakref.ref] = []
 
     def rows():
         for i in range(1, 60):
-            if i > 2:
-                assert refs[i - 3]() is None, f"row {i - 2} still referenced at row {i}"
+            if i > 7:
+                assert refs[i - 8]() is None, f"row {i - 7} still referenced at row {i}"
             row = make_row(i, root=tmp_path, review_outcome="accepted")
             refs.append(weakref.ref(row))
             yield row

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from labeler.errors import FormatError
 from labeler.formats.rows import (
     END_TOKEN,
     Alternative,
+    DraftChunk,
     ExportRow,
     decide_outcome,
     int_field,
@@ -135,3 +136,34 @@ def test_field_checks():
     with pytest.raises(FormatError, match="^w: reviewed_at is not an ISO 8601 time"):
         time_field("yesterday", "w", "reviewed_at")
     assert normalise_text(" a\n b\t c ") == "a b c"
+
+
+def test_a_chunk_holds_the_rows_column_by_column():
+    assert [f.name for f in fields(DraftChunk)] == [f.name for f in fields(ExportRow)]
+    rows = [make_row(1), with_alternatives(make_row(2), "a box"), make_row(3, margin=None)]
+    chunk = DraftChunk.from_rows(rows)
+    assert len(chunk) == 3 and chunk.text[1] == rows[1].text
+    assert list(chunk.rows()) == rows
+    assert chunk.flagged() == [r.flagged for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("text", "logprobs"),
+    [
+        ("a cat on a mat", [-0.1, -2.0, -0.3, -0.1, -0.2, -0.1]),
+        ("a cat", [-0.1, -0.2, -3.0]),  # the end token
+        ("a cat", [-0.1, -0.2, -0.3, -4.0]),  # more tokens than words and end: still <end>
+        ("", [-1.0]),
+        ("a b", [-1.0, -1.0, -0.5]),  # the first of equals
+        ("a b", [-0.5, math.nan, -1.0]),
+        ("  spaced   out ", [-0.1, -0.9]),
+    ],
+)
+def test_least_certain_of_a_chunk_is_that_of_each_row(text, logprobs):
+    rows = [make_row(1), make_row(2, text=text, token_logprobs=logprobs), make_row(3)]
+    words, values = DraftChunk.from_rows(rows).least_certain()
+    expected = [r.least_certain for r in rows]
+    assert list(zip(words, values, strict=True)) == expected
+    no_tokens = [make_row(1), make_row(2, token_logprobs=[])]
+    words, values = DraftChunk.from_rows(no_tokens).least_certain()
+    assert (words[1], values[1]) == (None, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import struct
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -12,7 +14,16 @@ import pytest
 from formats.test_formats_rows import make_row, with_alternatives
 
 from labeler.formats.reviews import read_reviews
-from labeler.formats.tabular import columns, write_csv, write_json, write_jsonl
+from labeler.formats.tabular import (
+    _JsonCells,
+    columns,
+    logprobs_text,
+    logprobs_texts,
+    number_texts,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
 
 TRICKY = [
     'a dog, a cat and "the" bird',
@@ -139,3 +150,147 @@ def test_round_trip_through_jsonl_and_json(tmp_path):
         assert [(r.image_id, r.outcome, r.reviewed_text) for r in records] == [
             (1, "edited", "a big dog")
         ]
+
+
+# The writers format a chunk of rows a column at a time, with fast paths that must write what
+# formatting one value at a time writes. The reference below is that: the row-at-a-time code
+# the writers replaced, kept here to compare against.
+
+
+def _reference_values(row, n_alt):
+    least = row.least_certain
+    values = [
+        row.image_id, row.dataset, row.path, row.text, row.review_text, row.review_outcome,
+        row.confidence, least[0] if least else None, least[1] if least else None, row.flagged,
+        row.log_likelihood, row.num_tokens, row.margin, row.finished, row.repeated_ngram,
+        row.has_unknown, RawJson(logprobs_text(row.token_logprobs)),
+    ]  # fmt: skip
+    for i in range(n_alt):
+        alt = row.alternatives[i] if i < len(row.alternatives) else None
+        values += (alt.text, alt.confidence, alt.log_likelihood) if alt else (None,) * 3
+    when = row.reviewed_at.isoformat() if row.reviewed_at else None
+    return values + [
+        row.caption_id, row.content_hash, row.abs_path, row.width, row.height, row.model_name,
+        row.model_hash, row.settings_key, row.reviewer, when,
+    ]  # fmt: skip
+
+
+class RawJson(str):
+    pass
+
+
+def _reference_csv(rows, n_best):
+    def cell(value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            if any(c in value for c in ',"\n\r'):
+                return '"' + value.replace('"', '""') + '"'
+            return str(value)
+        return "" if value is None else str(value)
+
+    lines = [",".join(columns(n_best))]
+    lines += [",".join(map(cell, _reference_values(r, n_best - 1))) for r in rows]
+    return "\ufeff" + "".join(line + "\r\n" for line in lines)
+
+
+def _reference_jsonl(rows, n_best):
+    def value(v):
+        if isinstance(v, RawJson):
+            return v
+        if isinstance(v, float) and not math.isfinite(v):
+            return "null"
+        return json.dumps(v, ensure_ascii=False)
+
+    keys = columns(n_best)
+    return "".join(
+        "{"
+        + ", ".join(f"{json.dumps(k)}: {value(v)}" for k, v in zip(keys, values, strict=True))
+        + "}\n"
+        for values in (_reference_values(r, n_best - 1) for r in rows)
+    )
+
+
+def _odd_rows(rng, count, *, odd):
+    """Rows shaped like real drafts; with `odd`, also every value a fast path must refuse."""
+    texts = ["a red square", 'say "hi", twice', "café\nlune", "", "=1+1", "two  spaces"]
+    floats = [-rng.random() * 30 for _ in range(5)]
+    if odd:
+        floats += [math.nan, -math.inf, 1e-07, -2.5e-05, 1e16, -0.0, 0.03125, 123456789.0]
+    rows = []
+    for i in range(1, count + 1):
+        text = rng.choice(texts) if odd else " ".join(rng.choices(["a", "b", "cat"], k=4))
+        n = rng.choice([0, 1, 5, 9]) if odd else rng.randint(4, 9)
+        logprobs = [rng.choice(floats) if odd and rng.random() < 0.2 else -rng.random() * 3
+                    for _ in range(n)]  # fmt: skip
+        row = make_row(
+            i, text=text, path=rng.choice(["a/b.png", "odd, \"name\".png", "bad\udce9.png"])
+            if odd else f"d/{i}.png", token_logprobs=logprobs,
+            confidence=rng.choice(floats) if odd else rng.random(),
+            log_likelihood=rng.choice(floats), margin=None if odd and i % 3 else rng.random(),
+            width=None if odd and i % 4 == 0 else 640, finished=rng.random() < 0.9,
+            repeated_ngram=odd and i % 5 == 0, reviewer="ann, b" if odd and i % 2 else None,
+            review_text=rng.choice([None, 'ok, "fine"', "50% off"]) if odd else None,
+            review_outcome="edited" if odd and i % 2 else None,
+            reviewed_at=datetime(2024, 5, 1, 10, tzinfo=timezone.utc) if odd and i % 2 else None,
+        )  # fmt: skip
+        rows.append(with_alternatives(row, *texts[: i % 3]) if odd else row)
+    return rows
+
+
+@pytest.mark.parametrize("odd", [False, True])
+@pytest.mark.parametrize("n_best", [1, 3])
+def test_writers_write_what_one_value_at_a_time_writes(tmp_path, odd, n_best):
+    rows = _odd_rows(random.Random(n_best), 300, odd=odd)
+    write_csv(rows, tmp_path / "a.csv", n_best=n_best)
+    expected = _reference_csv(rows, n_best).encode("utf-8", "replace")
+    assert (tmp_path / "a.csv").read_bytes() == expected
+    write_jsonl(rows, tmp_path / "a.jsonl", n_best=n_best)
+    expected = _reference_jsonl(rows, n_best).encode("utf-8", "replace")
+    assert (tmp_path / "a.jsonl").read_bytes() == expected
+
+
+def test_orjson_writes_numbers_as_python_does_or_the_column_falls_back():
+    rng = random.Random(5)
+    bits = [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20000)]
+    values = [v for v in bits if math.isfinite(v)] + [rng.uniform(-40, 0) for _ in range(20000)]
+    values += [math.exp(rng.uniform(-40, 0)) for _ in range(20000)]
+    values += [10.0**e * m for e in range(-20, 20) for m in (1, 1.5, -9.999)] + [0.0, -0.0]
+    for start in range(0, len(values), 500):
+        column = values[start : start + 500]
+        assert number_texts(column, repr) == list(map(repr, column))
+    for low in (1e-5, 1e-6, 1e-300):  # orjson writes these 0.00001, 1e-6 and 1e-300
+        small = [rng.uniform(low, 10 * low) for _ in range(100)]
+        assert number_texts(small, repr) == list(map(repr, small))
+    fast = [rng.uniform(-40, 0) for _ in range(500)]
+    assert number_texts(fast, lambda v: pytest.fail("needless fallback")) == list(map(repr, fast))
+    ints = [rng.randint(-(2**63), 2**63 - 1) for _ in range(500)] + [0, 2**70]
+    assert number_texts(ints, str) == list(map(str, ints))
+    odd = [1.5, None, math.nan, True, 1e-05]
+    assert number_texts(odd, str) == ["1.5", "None", "nan", "True", "1e-05"]
+
+
+def test_json_text_columns_escape_every_code_point_as_json_does():
+    code_points = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    column = ["".join(code_points[i : i + 700]) for i in range(0, len(code_points), 700)]
+    column += ['a "quoted", comma', '","', "\\", '\\"', 'back\\\\slash"', "\udce9 escaped"]
+    assert _JsonCells().text(column) == [json.dumps(v, ensure_ascii=False) for v in column]
+    assert _JsonCells().text(["x", None, "y"]) == ['"x"', "null", '"y"']
+    assert _JsonCells().text(["x", 3, "y"]) == ['"x"', "3", '"y"']
+
+
+def test_logprobs_of_a_chunk_are_those_of_each_row():
+    rng = random.Random(9)
+    near_ties = [-0.03125, -0.00005, -1.23455, -2.5e-05, -0.0, 0.0]
+    kinds = {
+        "plain": lambda: -rng.random() * rng.choice([1, 30, 1000]),
+        "printed to 5 places": lambda: float(f"{-rng.random() * 10:.5f}"),
+        "tiny": lambda: -rng.random() * 1e-4,
+        "near ties": lambda: rng.choice(near_ties),
+        "odd": lambda: rng.choice([math.nan, -math.inf, -1e12, -rng.random()]),
+    }
+    for name, draw in kinds.items():
+        for _ in range(10):
+            column = [[draw() for _ in range(rng.randint(1, 14))] for _ in range(200)]
+            assert logprobs_texts(column) == [logprobs_text(lp) for lp in column], name
+    assert logprobs_texts([[], [-0.5]]) == ["[]", "[-0.5000]"]
