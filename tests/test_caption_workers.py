@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import imagefactory as make
 from captionkit import tiny_checkpoint
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from labeler.scan import scan
 from labeler.store.models import Caption, CaptionClaim, CaptionRun
@@ -40,6 +42,51 @@ def _count(store, what):
         return session.scalar(select(func.count()).select_from(what))
 
 
+@contextmanager
+def _starting_line(store, workers: list[subprocess.Popen]):
+    """Hold the store so the workers started inside block on it, and let them go together once
+    both wait: otherwise the first to finish importing torch may caption everything alone."""
+    if store.is_sqlite:
+        path = os.path.realpath(store.engine.url.database)
+        hold = sqlite3.connect(path, isolation_level=None)
+        hold.execute("BEGIN IMMEDIATE")  # the workers' first write waits (busy timeout)
+
+        def waiting() -> int:
+            return sum(
+                any(os.path.realpath(f"/proc/{w.pid}/fd/{fd}") == path
+                    for fd in os.listdir(f"/proc/{w.pid}/fd"))
+                for w in workers
+            )  # fmt: skip
+    else:
+        conn = store.engine.connect()
+        conn.execute(text("LOCK TABLE caption_runs IN ACCESS EXCLUSIVE MODE"))
+        # autocommit: within one transaction pg_stat_activity is a snapshot that never changes
+        watcher = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+        def waiting() -> int:
+            return watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ))  # fmt: skip
+
+    try:
+        yield
+        deadline = time.time() + 120
+        while waiting() < len(workers):
+            for w in workers:
+                assert w.poll() is None, w.stderr.read().decode()
+            assert time.time() < deadline, "the workers never reached the store"
+            time.sleep(0.05)
+    finally:
+        if store.is_sqlite:
+            hold.rollback()
+            hold.close()
+        else:
+            conn.rollback()
+            conn.close()
+            watcher.close()
+
+
 def _one_draft_per_image(store) -> None:
     with store.session() as session:
         per_image = session.execute(
@@ -50,7 +97,9 @@ def _one_draft_per_image(store) -> None:
 
 def test_two_workers_split_the_work_and_caption_each_image_once(store, store_url, tmp_path):
     model = _prepare(store, tmp_path)
-    workers = [_worker(store_url, model), _worker(store_url, model)]
+    workers: list[subprocess.Popen] = []
+    with _starting_line(store, workers):
+        workers += [_worker(store_url, model), _worker(store_url, model)]
     outputs = [w.communicate(timeout=300) for w in workers]
     for worker, (_out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err.decode()
