@@ -89,3 +89,14 @@ def test_bad_input_and_devices(captioner):
         with pytest.raises(ModelError, match="CUDA is not available"):
             pick_device("cuda")
     assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_encoder_slices_on_cpu_give_the_whole_batch_embedding(captioner, tiny_images, monkeypatch):
+    import labeler.model.captioner as module
+
+    monkeypatch.setattr(module, "CPU_ENCODER_SLICE", len(tiny_images))
+    whole = captioner._encode(tiny_images)
+    monkeypatch.setattr(module, "CPU_ENCODER_SLICE", 4)  # 6 images: slices of 4 and 2
+    sliced = captioner._encode(tiny_images)
+    assert sliced.shape == whole.shape
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
