@@ -8,8 +8,11 @@ no more than a little above peak at N/10).
 
 Where the time goes: `read` streams the N drafts out of the store without writing anything
 (the query, the driver's rows, the DraftChunks); an export's time less that is the formatting
-and writing. Times include opening the store, not the imports. CPU seconds are printed beside
-wall seconds: on a shared machine the wall clock also counts the time other processes had.
+and writing. Times include opening the store, not the imports. CPU seconds (of the writing
+process) are printed beside wall seconds: on a shared machine the wall clock also counts the
+time other processes had. An export of 20,000 drafts or more reads in a child process
+(labeler/readahead.py); its peak memory is printed beside the writer's, and "memory flat"
+compares their sum.
 
     python benchmarks/bench_export.py                        # 1,000,000 drafts, import 100,000
     python benchmarks/bench_export.py --rows 100000 --import-rows 10000
@@ -88,11 +91,23 @@ def _draft(rng: random.Random, image_id: int) -> dict:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, multiprocessing, resource, sys, threading, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from labeler.store import open_store
 from labeler.store.exports import DraftFilter, iter_drafts
+reader_peak_kib, done = [0], threading.Event()
+def watch():  # the export's reader process (labeler/readahead.py): its peak resident memory
+    while not done.wait(0.05):
+        for child in multiprocessing.active_children():
+            try:
+                status = open(f"/proc/{{child.pid}}/status").read()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    reader_peak_kib[0] = max(reader_peak_kib[0], int(line.split()[1]))
+threading.Thread(target=watch, daemon=True).start()
 start, cpu = time.perf_counter(), time.process_time()
 store = open_store({db!r})
 spec = DraftFilter(datasets=[{dataset!r}])
@@ -108,8 +123,10 @@ else:
     from labeler.export import export_drafts
     count = export_drafts(store, {kind!r}, Path({path!r}), spec=spec, force=True).count
 elapsed = time.perf_counter() - start
+done.set()
 print(json.dumps({{"count": count, "seconds": elapsed, "cpu": time.process_time() - cpu,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "reader_peak_mib": reader_peak_kib[0] / 1024}}))
 """
 
 
@@ -119,6 +136,15 @@ def child(kind: str, db: Path, path: Path, dataset: str) -> dict:
     if done.returncode:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _total(result: dict) -> float:
+    return result["peak_mib"] + result["reader_peak_mib"]
+
+
+def _mib(result: dict) -> str:
+    reader = result["reader_peak_mib"]
+    return f"{result['peak_mib']:.0f} MiB" + (f" + reader {reader:.0f} MiB" if reader else "")
 
 
 def _us(result: dict, key: str) -> float:
@@ -162,9 +188,8 @@ def main() -> None:
                   f"({large['cpu']:.1f} s CPU) = {large['count'] / large['seconds']:8.0f} rows/s "
                   f"(goal: 1M in <= 15 s); {_us(large, 'seconds')} us/row, of which "
                   f"{_us(large, 'seconds') - _us(read, 'seconds'):.1f} formatting and writing; "
-                  f"peak {small['peak_mib']:.0f} MiB at {small['count']} rows, "
-                  f"{large['peak_mib']:.0f} MiB at {large['count']} "
-                  f"(ratio {large['peak_mib'] / small['peak_mib']:.2f})")  # fmt: skip
+                  f"peak {_mib(small)} at {small['count']} rows, {_mib(large)} at "
+                  f"{large['count']} (ratio {_total(large) / _total(small):.2f})")  # fmt: skip
         reviewed = reviewed_csv(db, tmp, args.import_rows)
         imported = child("import", db, reviewed, "small")
         print(f"import of a reviewed CSV: {imported['count']} reviews in "

@@ -2,13 +2,15 @@
 
 The store streams the selected drafts in order (store/exports.py) straight into the format's
 writer (labeler/formats), which writes atomically: a million drafts pass through in constant
-memory and a failed export leaves no partial file behind.
+memory and a failed export leaves no partial file behind. A large export is read in a child
+process while this one writes (labeler/readahead.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from labeler import readahead
 from labeler.errors import InputError
 from labeler.formats import coco, cvat, hf, labelstudio, sidecar, tabular
 from labeler.formats.rows import ExportResult
@@ -42,6 +44,9 @@ def export_drafts(
         raise InputError("--n-best must be at least 1")
     with store.session() as session:
         rows = iter_drafts(session, spec, sort=sort, n_best=n_best)
+        if readahead.worthwhile(store, session, spec):
+            prepare = tabular.prepare if fmt in ("csv", "jsonl", "json") else None
+            rows = readahead.ReadAhead(store.url, spec, sort, n_best, prepare)
         if fmt == "csv":
             return tabular.write_csv(rows, dest, force=force, n_best=n_best)
         if fmt == "jsonl":

@@ -1,4 +1,4 @@
-"""The worker pools the scan and the caption job read files in.
+"""The worker pools the scan and the caption job read files in, and the export's reader process.
 
 Processes start through a fork server (spawn where there is none): the parent may be running a
 progress thread, and forking a threaded process can copy a lock held by another thread into the
@@ -33,17 +33,23 @@ def _ignore_sigint(then: Callable[[], None] | None) -> None:
         then()
 
 
+def process_context(preload: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+    """The multiprocessing context new processes start from: a fork server preloading these
+    modules, or spawn where there is none. (A fork server already running keeps its preload.)"""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver" and preload:
+        context.set_forkserver_preload(list(preload))
+    return context
+
+
 def worker_pool(
     workers: int, *, preload: Sequence[str] = (), initializer: Callable[[], None] | None = None
 ) -> Executor:
     """`workers` processes (preloading these modules), or inline work when `workers` is 0."""
     if workers == 0:
         return InlineExecutor()
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver" and preload:
-        context.set_forkserver_preload(list(preload))
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_ignore_sigint,
+        max_workers=workers, mp_context=process_context(preload), initializer=_ignore_sigint,
         initargs=(initializer,),
     )  # fmt: skip

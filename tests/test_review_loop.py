@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import re
 
 import imagefactory as make
 import pandas as pd
@@ -11,10 +14,12 @@ from captionkit import tiny_checkpoint
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from labeler import readahead
 from labeler.caption import caption_images
 from labeler.cli import app
-from labeler.errors import FormatError, InputError
+from labeler.errors import FormatError, InputError, LabelerError, StoreError
 from labeler.export import export_drafts
+from labeler.formats import tabular
 from labeler.importer import import_reviews
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
@@ -240,3 +245,64 @@ def test_a_record_with_only_a_content_hash_reviews_every_copy(drafted, tmp_path)
     unknown.write_text(json.dumps({"content_hash": "0" * 64, "outcome": "rejected"}) + "\n")
     with pytest.raises(FormatError, match="unknown.jsonl line 1: no image with content hash"):
         import_reviews(drafted, unknown)
+
+
+# A large export is read in a child process (labeler/readahead.py) ---------------------------
+
+
+URL = "https://data.example/"
+
+
+def _undated(path) -> bytes:
+    """The file without CVAT's time of writing."""
+    return re.sub(rb"<dumped>[^<]*</dumped>", b"", path.read_bytes())
+
+
+def _die(chunk) -> None:
+    """A `prepare` for the reader process that kills it, as the OOM killer would."""
+    os._exit(3)
+
+
+def test_a_large_export_read_in_a_child_writes_the_same_bytes(drafted, tmp_path, monkeypatch):
+    _review_file(drafted, tmp_path)
+    import_reviews(drafted, tmp_path / "reviewed.csv", reviewer="ana")
+    formats = {"csv": "d.csv", "jsonl": "d.jsonl", "json": "d.json", "cvat": "d.xml",
+               "coco": "d.coco.json", "label-studio": "d.ls.json"}  # fmt: skip
+    for fmt, name in formats.items():
+        export_drafts(drafted, fmt, tmp_path / f"in-process-{name}", n_best=3, url_prefix=URL)
+    with drafted.session() as session:
+        assert not readahead.worthwhile(drafted, session, DraftFilter())  # 8 drafts: in process
+    monkeypatch.setattr(readahead, "MIN_ROWS", 5)
+    started, chunks = [], readahead.ReadAhead.chunks
+    monkeypatch.setattr(
+        readahead.ReadAhead, "chunks", lambda self: started.append(self) or chunks(self)
+    )
+    for fmt, name in formats.items():
+        export_drafts(drafted, fmt, tmp_path / f"child-{name}", n_best=3, url_prefix=URL)
+        child, parent = tmp_path / f"child-{name}", tmp_path / f"in-process-{name}"
+        assert _undated(child) == _undated(parent), fmt
+    assert [r.prepare is not None for r in started] == [True, True, True, False, False, False]
+    with drafted.session() as session:
+        assert not readahead.worthwhile(drafted, session, DraftFilter(limit=4))
+    assert multiprocessing.active_children() == []
+
+
+def test_the_reader_process_reports_its_errors_and_is_stopped(drafted, tmp_path):
+    missing = "sqlite:///" + str(tmp_path / "no-such-folder" / "store.db")
+    with pytest.raises(StoreError, match="cannot create the store"):
+        list(readahead.ReadAhead(missing, DraftFilter()).chunks())
+    chunks = readahead.ReadAhead(drafted.url, DraftFilter(), n_best=3).chunks()
+    first = next(chunks)
+    assert len(first) == IMAGES and all(len(a) == 2 for a in first.alternatives)
+    chunks.close()  # a writer that stops early
+    assert multiprocessing.active_children() == []
+
+
+def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(drafted, tmp_path, monkeypatch):
+    monkeypatch.setattr(readahead, "MIN_ROWS", 1)
+    monkeypatch.setattr(readahead, "POLL_S", 0.1)
+    monkeypatch.setattr(tabular, "prepare", _die)
+    with pytest.raises(LabelerError, match=r"reader process stopped \(exit code 3\)"):
+        export_drafts(drafted, "csv", tmp_path / "drafts.csv")
+    assert list(tmp_path.glob("drafts.csv*")) == []
+    assert multiprocessing.active_children() == []

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from itertools import islice, repeat
 from operator import add, attrgetter, getitem
 from pathlib import Path
+from typing import Any
 
 from labeler.errors import FormatError
 
@@ -159,6 +160,17 @@ class DraftChunk:
     review_outcome: Sequence[str | None]
     reviewer: Sequence[str | None]
     reviewed_at: Sequence[datetime | None]
+    # Derived columns worked out once (`memo`); they travel with the chunk when it is pickled,
+    # so the export's reader process can compute them while the writer formats the chunk before.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: str, compute: Callable[[DraftChunk], Any]) -> Any:
+        """`compute(self)`, computed the first time only."""
+        try:
+            return self.derived[key]
+        except KeyError:
+            value = self.derived[key] = compute(self)
+            return value
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -174,9 +186,11 @@ class DraftChunk:
         return cls(*([getter(row) for row in rows] for getter in _GETTERS))
 
     def least_certain(self) -> tuple[Sequence[str | None], Sequence[float | None]]:
-        """`least_certain` of every row: the words, and their log-probabilities.
+        """`least_certain` of every row: the words, and their log-probabilities."""
+        return self.memo("least_certain", DraftChunk._least_certain)
 
-        The same steps as `least_certain`, each over the whole column in C; the end token is
+    def _least_certain(self) -> tuple[Sequence[str | None], Sequence[float | None]]:
+        """The same steps as `least_certain`, each over the whole column in C; the end token is
         appended to each caption so that an index past the words names it. A row without
         tokens, or with more tokens than words and end token, sends the chunk the slow way.
         """

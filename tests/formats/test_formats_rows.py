@@ -139,7 +139,8 @@ def test_field_checks():
 
 
 def test_a_chunk_holds_the_rows_column_by_column():
-    assert [f.name for f in fields(DraftChunk)] == [f.name for f in fields(ExportRow)]
+    columns = [f.name for f in fields(DraftChunk) if f.init]  # `derived` is a cache
+    assert columns == [f.name for f in fields(ExportRow)]
     rows = [make_row(1), with_alternatives(make_row(2), "a box"), make_row(3, margin=None)]
     chunk = DraftChunk.from_rows(rows)
     assert len(chunk) == 3 and chunk.text[1] == rows[1].text
