@@ -11,7 +11,9 @@ A child takes about half a second to start, so only a selection of at least `MIN
 (counted up front on the drafts index, a few milliseconds) goes this way, and only for a store
 a second process can open (a file or a server; not in-memory SQLite). The child ignores Ctrl-C
 and is stopped with the export however it ends; if it dies, the export fails with a message
-instead of waiting for it.
+instead of waiting for it. A child that cannot start at all (multiprocessing re-imports the
+parent's main script, which a script read from stdin does not allow) leaves the reading to the
+parent, as for a small export.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from labeler.pools import process_context
 from labeler.store import Store
 from labeler.store.engine import sqlite_file
 from labeler.store.exports import DraftFilter, iter_drafts, resolve
+from labeler.store.migrate import open_store
 from labeler.store.models import Caption
 
 MIN_ROWS = 20_000  # drafts below which the child's start costs more than it saves
 QUEUE_CHUNKS = 4  # chunks the child may read ahead of the writer
 POLL_S = 1.0  # how often a waiting parent checks that the child is still alive
-_END = b""  # the child's last message; a failure is a pickled ("error", exception)
+_READY, _END = b"ready", b""  # the child's first and last messages; between them, pickles
+# of chunks, or of ("error", exception)
 
 
 def worthwhile(store: Store, session: Session, spec: DraftFilter) -> bool:
@@ -80,6 +84,13 @@ class ReadAhead:
         )  # fmt: skip
         child.start()
         try:
+            try:
+                ready = _receive(channel, child)
+            except ChildGone:  # it could not even start (say, a __main__ it cannot import)
+                yield from self._in_process()
+                return
+            if ready != _READY:
+                raise pickle.loads(ready)[1]  # it could not open the store
             while (payload := _receive(channel, child)) != _END:
                 message = pickle.loads(payload)
                 if isinstance(message, tuple):  # ("error", exception) from the child
@@ -93,6 +104,20 @@ class ReadAhead:
             channel.close()
             channel.join_thread()
 
+    def _in_process(self) -> Iterator[DraftChunk]:
+        store = open_store(self.url, upgrade=False)
+        try:
+            with store.session() as session:
+                yield from iter_drafts(
+                    session, self.spec, sort=self.sort, n_best=self.n_best
+                ).chunks()
+        finally:
+            store.dispose()
+
+
+class ChildGone(LabelerError):
+    """The reader process ended without its last message."""
+
 
 def _receive(channel: Any, child: Any) -> bytes:
     while True:
@@ -100,7 +125,7 @@ def _receive(channel: Any, child: Any) -> bytes:
             return channel.get(timeout=POLL_S)
         except queues.Empty:
             if not child.is_alive():
-                raise LabelerError(
+                raise ChildGone(
                     f"the export's reader process stopped (exit code {child.exitcode}) before "
                     "sending every draft; nothing was written"
                 ) from None
@@ -109,10 +134,9 @@ def _receive(channel: Any, child: Any) -> bytes:
 def _read(url: str, spec: DraftFilter, sort: str, n_best: int, prepare, channel) -> None:  # type: ignore[no-untyped-def]
     """In the child: every chunk, prepared and pickled here so that the parent only unpickles."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    from labeler.store import open_store
-
     try:
         store = open_store(url, upgrade=False)
+        channel.put(_READY)
         try:
             with store.session() as session, collector_paused():
                 stream = iter_drafts(session, spec, sort=sort, n_best=n_best)

@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import os
 import re
+import subprocess
+import sys
 
 import imagefactory as make
 import pandas as pd
@@ -306,3 +308,20 @@ def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(drafted, tmp_pat
         export_drafts(drafted, "csv", tmp_path / "drafts.csv")
     assert list(tmp_path.glob("drafts.csv*")) == []
     assert multiprocessing.active_children() == []
+
+
+def test_a_reader_that_cannot_start_leaves_the_reading_to_the_writer(drafted, tmp_path):
+    """A script read from stdin cannot be re-imported by a new process: read in process."""
+    export_drafts(drafted, "jsonl", tmp_path / "expected.jsonl", n_best=3)
+    script = (
+        "from pathlib import Path\n"
+        "from labeler import readahead\n"
+        "from labeler.export import export_drafts\n"
+        "from labeler.store import open_store\n"
+        "readahead.MIN_ROWS = 1\n"
+        f"store = open_store({drafted.url!r})\n"
+        f"export_drafts(store, 'jsonl', Path({str(tmp_path / 'out.jsonl')!r}), n_best=3)\n"
+    )
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
