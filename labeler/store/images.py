@@ -90,11 +90,17 @@ def known_images(
     connection = session.connection()
     mark = _mark(connection)
     known: dict[bytes, KnownImage] = {}
-    for start in range(0, len(rels), LOOKUP_CHUNK):
-        chunk = list(rels[start : start + LOOKUP_CHUNK])
-        sql = _KNOWN.format(mark=mark, marks=", ".join([mark] * len(chunk)))
-        for raw, *state in connection.exec_driver_sql(sql, (dataset_id, *chunk)).fetchall():
-            known[bytes(raw)] = KnownImage(*state)
+    # The driver's own cursor: SQLAlchemy's result rows cost a re-scan a fifth of its time.
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for start in range(0, len(rels), LOOKUP_CHUNK):
+            chunk = list(rels[start : start + LOOKUP_CHUNK])
+            sql = _KNOWN.format(mark=mark, marks=", ".join([mark] * len(chunk)))
+            cursor.execute(sql, (dataset_id, *chunk))
+            for raw, *state in cursor.fetchall():
+                known[bytes(raw)] = KnownImage(*state)
+    finally:
+        cursor.close()
     return known
 
 
