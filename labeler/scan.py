@@ -96,8 +96,9 @@ def scan(
     stats = WalkStats()
     with store.session() as session:
         up_to_id = image_store.max_image_id(session)
+        empty = image_store.empty_datasets(session, sorted({t.dataset_id for t in targets}))
     seen = bytearray(up_to_id + 1)
-    job = _Job(store, result, seen, max_pixels, progress)
+    job = _Job(store, result, seen, max_pixels, progress, empty)
     found = _found(targets, include, exclude, hidden, follow_symlinks, stats)
     try:
         job.run(found, workers)
@@ -166,8 +167,9 @@ def _target(ds, raw: bytes) -> _Target:  # type: ignore[no-untyped-def]
 class _Job:
     """The streaming part of a scan: look-ups, the worker pool and the writes."""
 
-    def __init__(self, store, result, seen, max_pixels, progress) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store, result, seen, max_pixels, progress, empty) -> None:  # type: ignore[no-untyped-def]
         self.store = store
+        self.empty = empty  # datasets with no images when the scan began: nothing to look up
         self.result = result
         self.seen = seen
         self.max_pixels = max_pixels
@@ -202,6 +204,9 @@ class _Job:
         to_read = []
         with self.store.session() as session:
             for dataset_id, items in by_dataset.items():
+                if dataset_id in self.empty:
+                    to_read += [_Pending(dataset_id, item, None) for item in items]
+                    continue
                 known = image_store.known_images(session, dataset_id, [i.rel for i in items])
                 for item in items:
                     state = known.get(item.rel)

@@ -104,6 +104,15 @@ def known_images(
     return known
 
 
+def empty_datasets(session: Session, dataset_ids: Sequence[int]) -> set[int]:
+    """Those of these datasets that hold no image yet (a first scan has nothing to look up)."""
+    return {
+        dataset_id
+        for dataset_id in dataset_ids
+        if session.scalar(select(Image.id).where(Image.dataset_id == dataset_id).limit(1)) is None
+    }
+
+
 def upsert_images(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert or update image rows, as tuples in `image_row_columns()` order."""
     if not rows:
