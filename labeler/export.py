@@ -46,7 +46,7 @@ def export_drafts(
         rows = iter_drafts(session, spec, sort=sort, n_best=n_best)
         if readahead.worthwhile(store, session, spec):
             prepare = tabular.prepare if fmt in ("csv", "jsonl", "json") else None
-            rows = readahead.ReadAhead(store.url, spec, sort, n_best, prepare)
+            rows = readahead.ReadAhead(store.url, rows, prepare)
         if fmt == "csv":
             return tabular.write_csv(rows, dest, force=force, n_best=n_best)
         if fmt == "jsonl":

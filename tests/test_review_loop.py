@@ -6,8 +6,11 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import imagefactory as make
 import pandas as pd
@@ -29,7 +32,9 @@ from labeler.scan import scan
 from labeler.stats import auroc, compute_stats, threshold_for, word_edit_distance
 from labeler.store import exports
 from labeler.store.exports import DraftFilter, iter_drafts
-from labeler.store.models import Review
+from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
+
+ImageRow, CaptionRow = Image.__table__, Caption.__table__
 
 IMAGES = 8
 
@@ -291,23 +296,103 @@ def test_a_large_export_read_in_a_child_writes_the_same_bytes(drafted, tmp_path,
 
 def test_the_reader_process_reports_its_errors_and_is_stopped(drafted, tmp_path):
     missing = "sqlite:///" + str(tmp_path / "no-such-folder" / "store.db")
-    with pytest.raises(StoreError, match="cannot create the store"):
-        list(readahead.ReadAhead(missing, DraftFilter()).chunks())
-    chunks = readahead.ReadAhead(drafted.url, DraftFilter(), n_best=3).chunks()
-    first = next(chunks)
-    assert len(first) == IMAGES and all(len(a) == 2 for a in first.alternatives)
-    chunks.close()  # a writer that stops early
+    with drafted.session() as session:
+        stream = iter_drafts(session, DraftFilter(), n_best=3)
+        with pytest.raises(StoreError, match="cannot create the store"):
+            list(readahead.ReadAhead(missing, stream).chunks())
+        chunks = readahead.ReadAhead(drafted.url, stream).chunks()
+        first = next(chunks)
+        assert len(first) == IMAGES and all(len(a) == 2 for a in first.alternatives)
+        chunks.close()  # a writer that stops early
     assert multiprocessing.active_children() == []
 
 
-def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(drafted, tmp_path, monkeypatch):
+def _many_drafts(store, n: int) -> None:
+    """`n` drafts of one model written straight into the store: several chunks' worth."""
+    with store.write() as session:
+        session.add(Model(id=1, content_hash="ab" * 32, name="bulk", family="show-tell"))
+        session.add(Dataset(id=1, name="bulk", root="/data", root_raw=b"/data"))
+        session.flush()
+        session.add(CaptionRun(model_id=1, settings_key="k", settings={}, status="completed"))
+        session.flush()
+        conn = session.connection()
+        images = [
+            {"dataset_id": 1, "path": f"{i:06d}.jpg", "path_raw": f"{i:06d}.jpg".encode(),
+             "size": 1, "mtime_ns": 0, "content_hash": f"{i:064x}", "status": "ok"}
+            for i in range(n)
+        ]  # fmt: skip
+        ids = conn.execute(ImageRow.insert().returning(ImageRow.c.id), images).scalars().all()
+        conn.execute(
+            CaptionRow.insert(),
+            [{"image_id": image_id, "model_id": 1, "settings_key": "k", "rank": 0,
+              "text": "a red circle on the left " * 8, "log_likelihood": -1.0 - i / n,
+              "num_tokens": 41, "confidence": 0.5, "score": -1.0,
+              "token_logprobs": [-0.1] * 41, "margin": 0.1, "finished": True,
+              "repeated_ngram": False, "has_unknown": False, "stale": False}
+             for i, image_id in enumerate(ids)],
+        )  # fmt: skip
+
+
+def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(store, tmp_path, monkeypatch):
+    """Killed after sending its first chunk (far more than a pipe holds), then before it:
+    either way the export ends with the exit code instead of waiting, and leaves no file."""
+    _many_drafts(store, 5000)  # three chunks
     monkeypatch.setattr(readahead, "MIN_ROWS", 1)
-    monkeypatch.setattr(readahead, "POLL_S", 0.1)
-    monkeypatch.setattr(tabular, "prepare", _die)
-    with pytest.raises(LabelerError, match=r"reader process stopped \(exit code 3\)"):
-        export_drafts(drafted, "csv", tmp_path / "drafts.csv")
-    assert list(tmp_path.glob("drafts.csv*")) == []
-    assert multiprocessing.active_children() == []
+    signal.alarm(120)  # a hang fails the test instead of the whole run
+    try:
+        for die in (_die_at_second_chunk, _die):
+            monkeypatch.setattr(tabular, "prepare", die)
+            with pytest.raises(LabelerError, match=r"reader process stopped \(exit code 3\)"):
+                export_drafts(store, "csv", tmp_path / "drafts.csv")
+            assert list(tmp_path.glob("drafts.csv*")) == []
+            assert multiprocessing.active_children() == []
+    finally:
+        signal.alarm(0)
+
+
+_CHUNKS_SEEN = []
+
+
+def _die_at_second_chunk(chunk) -> None:
+    _CHUNKS_SEEN.append(len(chunk))  # in the reader process's own copy of this module
+    if len(_CHUNKS_SEEN) == 2:
+        os._exit(3)
+
+
+def test_a_reader_whose_writer_dies_exits_too(store, tmp_path):
+    """The writer killed mid-export (as by SIGKILL): the reader must not hold its read
+    transaction open forever; its next write to the pipe fails and it exits."""
+    _many_drafts(store, 9000)
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import multiprocessing, os, sys\n"
+        "from labeler import readahead\n"
+        "from labeler.store import open_store\n"
+        "from labeler.store.exports import DraftFilter, iter_drafts\n"
+        "if __name__ == '__main__':\n"
+        f"    store = open_store({store.url!r})\n"
+        "    with store.session() as session:\n"
+        "        stream = iter_drafts(session, DraftFilter())\n"
+        "        chunks = readahead.ReadAhead(store.url, stream).chunks()\n"
+        "        next(chunks)  # and keep the generator: its end would stop the reader\n"
+        "        print(multiprocessing.active_children()[0].pid, flush=True)\n"
+        "        os._exit(9)\n"
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr
+    reader = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _running(reader) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(reader)
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
 
 
 def test_a_reader_that_cannot_start_leaves_the_reading_to_the_writer(drafted, tmp_path):
