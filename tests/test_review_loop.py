@@ -338,7 +338,8 @@ def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(store, tmp_path,
     either way the export ends with the exit code instead of waiting, and leaves no file."""
     _many_drafts(store, 5000)  # three chunks
     monkeypatch.setattr(readahead, "MIN_ROWS", 1)
-    signal.alarm(120)  # a hang fails the test instead of the whole run
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(120)  # a hang fails this test instead of stalling the whole run
     try:
         for die in (_die_at_second_chunk, _die):
             monkeypatch.setattr(tabular, "prepare", die)
@@ -348,6 +349,11 @@ def test_a_reader_killed_mid_export_fails_it_and_writes_nothing(store, tmp_path,
             assert multiprocessing.active_children() == []
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _hung(signum, frame) -> None:
+    raise TimeoutError("the export waited for a reader process that had died")
 
 
 _CHUNKS_SEEN = []
