@@ -416,3 +416,17 @@ def test_a_reader_that_cannot_start_leaves_the_reading_to_the_writer(drafted, tm
     done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
+
+
+def test_the_read_ahead_counts_only_the_datasets_asked_for(store, tmp_path, monkeypatch):
+    _many_drafts(store, 50)
+    with store.write() as session:
+        session.add(Dataset(id=2, name="empty", root="/other", root_raw=b"/other"))
+    monkeypatch.setattr(readahead, "MIN_ROWS", 50)
+    with store.session() as session:
+        assert readahead.worthwhile(store, session, DraftFilter())
+        assert readahead.worthwhile(store, session, DraftFilter(datasets=["bulk"]))
+        assert not readahead.worthwhile(store, session, DraftFilter(datasets=["empty"]))
+        assert not readahead.worthwhile(store, session, DraftFilter(datasets=["bulk", "nowhere"]))
+    with pytest.raises(InputError, match="no dataset named nowhere"):
+        export_drafts(store, "csv", tmp_path / "d.csv", spec=DraftFilter(datasets=["nowhere"]))
