@@ -51,12 +51,23 @@ def _starting_line(store, workers: list[subprocess.Popen]):
         hold = sqlite3.connect(path, isolation_level=None)
         hold.execute("BEGIN IMMEDIATE")  # the workers' first write waits (busy timeout)
 
+        def opened(pid: int) -> set[str]:
+            """The files a process holds open; its descriptors come and go while we look (a
+            worker importing torch opens and closes files), so one gone meanwhile is skipped."""
+            targets: set[str] = set()
+            try:
+                descriptors = os.listdir(f"/proc/{pid}/fd")
+            except FileNotFoundError:  # exited and reaped: the caller's poll() says why
+                return targets
+            for fd in descriptors:
+                try:
+                    targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                except FileNotFoundError:
+                    continue
+            return targets
+
         def waiting() -> int:
-            return sum(
-                any(os.path.realpath(f"/proc/{w.pid}/fd/{fd}") == path
-                    for fd in os.listdir(f"/proc/{w.pid}/fd"))
-                for w in workers
-            )  # fmt: skip
+            return sum(path in opened(w.pid) for w in workers)
     else:
         conn = store.engine.connect()
         conn.execute(text("LOCK TABLE caption_runs IN ACCESS EXCLUSIVE MODE"))
