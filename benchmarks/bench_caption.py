@@ -2,9 +2,15 @@
 
 Measured side by side in one run, per backbone, on generated 1600x1200 JPEGs, random weights
 (nothing downloaded), vocabulary 10,000, hidden 512, beam 3, batch 32, this machine's CPU:
-  (a) bare model: `captioner.caption` on already-decoded, preprocessed tensors (the ceiling)
-  (b) `labeler caption` end to end: store look-ups, leases, loader processes decoding with JPEG
-      draft mode, the model, the writes (the scan is done before the clock starts)
+  (a) bare model: `captioner.caption` on already-decoded, preprocessed tensors (the ceiling),
+      run both ways the cores can be used and the faster kept: one process on every thread,
+      and one process per core on one thread each, splitting the batches (engines.py says why
+      the second is faster on a CPU)
+  (b) `labeler caption` end to end: store look-ups, leases, decoding with JPEG draft mode, the
+      model, the writes (the scan is done before, and the start-up of the model processes,
+      which load the model as (a) does before its clock, is the run's own `start_s`, left out),
+      with the model processes a large run gets (`--procs`, which a run this small would not
+      choose for itself: it would not earn back their start-up)
   (c) the reference way: one image at a time, full JPEG decode, per-image beam search
 Each is run `--repeat` times, interleaved, and the best of each is compared: on a shared virtual
 machine the same run of (a) varies by 10-25% from one minute to the next, and the best run is
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -32,9 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import imagefactory  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from labeler.engines import auto_procs  # noqa: E402
 from labeler.loader import decode_first  # noqa: E402
 from labeler.model.captioner import ShowTellCaptioner  # noqa: E402
 from labeler.model.checkpoint import save_checkpoint  # noqa: E402
@@ -62,21 +71,52 @@ def make_checkpoint(path: Path, backbone: str, vocab_size: int, hidden: int, cro
     return path
 
 
-def bare_model(captioner, paths, batch: int) -> float:
-    """(a): decode and preprocess first, untimed, exactly as the pipeline's loader does (so both
-    decode the same pixels and the beam search does the same work); then time the model alone."""
+def decoded_pixels(captioner, paths) -> list:
+    """Decode and preprocess, untimed, exactly as the pipeline does (so both decode the same
+    pixels and the beam search does the same work)."""
     prep = captioner.preprocessing
-    tensors = [
-        torch.from_numpy(decode_first([os.fsencode(p)], prep.to_array, prep.resize, 10**9).pixels)
-        for p in paths
-    ]
+    return [decode_first([os.fsencode(p)], prep.to_array, prep.resize, 10**9).pixels for p in paths]
+
+
+def bare_model(captioner, pixels, batch: int) -> float:
+    """(a), one process on every thread: the model alone on decoded pixels."""
     start = time.perf_counter()
-    for i in range(0, len(tensors), batch):
-        captioner.caption(torch.stack(tensors[i : i + batch]), SETTINGS)
-    return len(tensors) / (time.perf_counter() - start)
+    for i in range(0, len(pixels), batch):
+        captioner.caption(torch.from_numpy(np.stack(pixels[i : i + batch])), SETTINGS)
+    return len(pixels) / (time.perf_counter() - start)
 
 
-def end_to_end(model: Path, folder: Path, db: Path, batch: int, workers: int | None) -> float:
+def _bare_share(model: str, pixels, batch: int, barrier, results) -> None:  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
+    barrier.wait()
+    start = time.perf_counter()
+    bare_model(captioner, pixels, batch)
+    results.put(time.perf_counter() - start)
+
+
+def bare_model_per_core(model: Path, pixels, batch: int, procs: int) -> float:
+    """(a), one process per core on one thread each, the batches dealt out between them, all
+    released together once each has loaded the model; timed until the last one finishes."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(procs), context.Queue()
+    batches = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
+    shares = [[p for b in batches[k::procs] for p in b] for k in range(procs)]
+    workers = [
+        context.Process(target=_bare_share, args=(str(model), share, batch, barrier, results))
+        for share in shares
+    ]
+    for w in workers:
+        w.start()
+    longest = max(results.get(timeout=3600) for _ in workers)
+    for w in workers:
+        w.join()
+    return len(pixels) / longest
+
+
+def end_to_end(
+    model: Path, folder: Path, db: Path, batch: int, workers: int | None, procs: int
+) -> float:
     """(b): `python -m labeler caption` in its own process, on a store scanned beforehand, timed
     by the run's own record (caption_runs.timings.total_s: from the job's start, loader processes
     started and torch's import and the model's load excluded, as (a) excludes them too).
@@ -88,7 +128,7 @@ def end_to_end(model: Path, folder: Path, db: Path, batch: int, workers: int | N
     store.engine.dispose()
     command = [sys.executable, "-m", "labeler", "caption", "--db", str(db), "--model", str(model),
                "--beam", str(SETTINGS.beam_size), "--max-len", str(SETTINGS.max_len),
-               "--batch-size", str(batch)]  # fmt: skip
+               "--batch-size", str(batch), "--procs", str(procs)]  # fmt: skip
     if workers is not None:
         command += ["--workers", str(workers)]
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
@@ -98,7 +138,8 @@ def end_to_end(model: Path, folder: Path, db: Path, batch: int, workers: int | N
         ).fetchone()
     images = json.loads(counts)["images"]
     assert images == len(list(folder.glob("*.jpg"))), counts
-    return images / json.loads(timings)["total_s"]
+    timings = json.loads(timings)
+    return images / (timings["total_s"] - timings.get("start_s", 0.0))
 
 
 def reference_way(captioner, paths) -> float:
@@ -112,11 +153,14 @@ def reference_way(captioner, paths) -> float:
 
 
 def peak_rss_run(folder: Path, model: Path, db: Path) -> int:
-    """Peak resident memory (KiB) of a fresh process scanning and captioning `folder`."""
+    """Peak resident memory (KiB) of a fresh process scanning and captioning `folder` the way a
+    large run does (model processes whatever the size), plus the peaks of its model processes
+    (each reports its own; their sum is an upper bound)."""
     code = (
         "import resource, sys\n"
         f"sys.path[:0] = [{str(ROOT)!r}]\n"
         "from labeler.caption import caption_images\n"
+        "from labeler.engines import auto_procs\n"
         "from labeler.model.captioner import ShowTellCaptioner\n"
         "from labeler.model.drafts import DecodeSettings\n"
         "from labeler.scan import scan\n"
@@ -125,9 +169,10 @@ def peak_rss_run(folder: Path, model: Path, db: Path) -> int:
         f"    store = open_store({str(db)!r})\n"
         f"    scan(store, [{str(folder)!r}])\n"
         f"    c = ShowTellCaptioner.from_checkpoint({str(model)!r}, device='cpu')\n"
-        "    caption_images(store, c, settings=DecodeSettings(beam_size=3, max_len=12),\n"
-        "                   batch_size=16, workers=1)\n"
-        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "    done = caption_images(store, c, settings=DecodeSettings(beam_size=3, max_len=12),\n"
+        "                          batch_size=16, workers=1, procs=auto_procs(c))\n"
+        "    procs = done.timings.get('procs_peak_rss_mib', [])\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + 1024 * sum(procs))\n"
     )
     script = db.with_suffix(".py")
     script.write_text(code)
@@ -152,6 +197,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of (a), (b), (c); best kept")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="loader processes for (b)")
+    parser.add_argument("--procs", type=int, default=None,
+                        help="model processes for (b); default: what a large run gets")  # fmt: skip
     parser.add_argument("--backbones", nargs="+", default=["resnet50", "mobilenet_v3_large"])
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--hidden", type=int, default=512)
@@ -162,27 +209,40 @@ def main() -> None:
         folder = tmp / "photos"
         paths = imagefactory.write_many(folder, args.images, size=(1600, 1200))
         print(f"{args.images} JPEGs of 1600x1200, beam 3, batch {args.batch}, "
-              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")  # fmt: skip
+              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores; (b) with "
+              f"--procs {args.procs if args.procs is not None else 'as a large run'}")  # fmt: skip
         results = {}
         for backbone in args.backbones:
             model = make_checkpoint(tmp / f"{backbone}.pt", backbone, args.vocab, args.hidden, None)
             captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
-            runs: dict[str, list[float]] = {"bare": [], "pipeline": [], "reference": []}
-            for repeat in range(args.repeat):  # interleaved, so a slow spell hits all three
-                runs["bare"].append(bare_model(captioner, paths, args.batch))
+            pixels = decoded_pixels(captioner, paths)
+            procs = auto_procs(captioner) if args.procs is None else args.procs
+            runs: dict[str, list[float]] = {"bare": [], "bare_per_core": [], "pipeline": [],
+                                            "reference": []}  # fmt: skip
+            cores = torch.get_num_threads()
+            for repeat in range(args.repeat):  # interleaved, so a slow spell hits all four
+                runs["bare"].append(bare_model(captioner, pixels, args.batch))
+                if cores > 1:
+                    runs["bare_per_core"].append(
+                        bare_model_per_core(model, pixels, args.batch, cores)
+                    )
                 db = tmp / f"{backbone}-{repeat}.db"
-                runs["pipeline"].append(end_to_end(model, folder, db, args.batch, args.workers))
+                runs["pipeline"].append(
+                    end_to_end(model, folder, db, args.batch, args.workers, procs)
+                )
                 runs["reference"].append(
                     reference_way(captioner, paths[: max(8, args.images // 4)])
                 )
-            a, b, c = (max(runs[k]) for k in ("bare", "pipeline", "reference"))
+            a = max(runs["bare"] + runs["bare_per_core"])
+            b, c = max(runs["pipeline"]), max(runs["reference"])
             results[backbone] = runs
             print(f"{backbone:>20}: (a) bare {a:6.2f} img/s  (b) labeler caption {b:6.2f} img/s  "
                   f"(c) reference {c:6.2f} img/s  |  b/a {b / a:.2f} (goal >= 0.85)  "
                   f"b/c {b / c:.2f} (goal >= 3)")  # fmt: skip
             print(" " * 22 + "every run, img/s: " + "  ".join(
                 f"({k}) " + " ".join(f"{v:.2f}" for v in runs[n])
-                for k, n in (("a", "bare"), ("b", "pipeline"), ("c", "reference"))
+                for k, n in (("a, 1 process", "bare"), (f"a, {cores}x1 thread", "bare_per_core"),
+                             ("b", "pipeline"), ("c", "reference"))
             ))  # fmt: skip
         print(json.dumps(results))
         if not args.no_memory:

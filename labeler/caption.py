@@ -1,14 +1,15 @@
 """`labeler caption`: draft captions for every readable image that lacks them, safely in bulk.
 
 The loop, per batch: lease up to `batch_size` contents (store/captions.py explains the leases),
-decode them in loader processes, run the captioner on the batch, then write the drafts and drop
-the leases in one transaction. The next batch is leased and decoding while the model works on
-the current one, so the model, not the loader, sets the pace. Nothing is ever half-written: a run
-killed at any moment leaves the batches it committed, and its leases expire for the next run or
-another worker.
+hand them to the engine (engines.py: the model here with loader processes decoding, or on a CPU
+several model processes that decode their own batches), then write the drafts and drop the
+leases in one transaction. The engine always has the next batches in hand (leased, decoding or
+waiting for a free model process) while it works on the current one, so the model, not the
+loader or the store, sets the pace. Nothing is ever half-written: a run killed at any moment
+leaves the batches it committed, and its leases expire for the next run or another worker.
 
-`should_stop` is polled between batches: Ctrl-C in the CLI sets it, so the current batch is
-finished and committed before the run ends as `interrupted`.
+`should_stop` is polled between batches: Ctrl-C in the CLI sets it; the batches the model has
+started on are finished and committed, the others given back, and the run ends `interrupted`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeler import loader
+from labeler import engines
 from labeler.errors import InputError
 from labeler.model.drafts import DecodeSettings
 from labeler.store import Store
@@ -54,7 +54,7 @@ class CaptionResult:
     confidence_sum: float = 0.0
     interrupted: bool = False
     elapsed_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # seconds, and how the model ran
 
     @property
     def mean_confidence(self) -> float | None:
@@ -72,25 +72,25 @@ class CaptionResult:
 class _Batch:
     hashes: list[str]
     work: list[caption_store.Work]
-    decoded: list[Future[list[loader.Decoded]]]  # in chunks, in order
+    job: engines.Job
 
 
 class _Run:
     """One worker's state: the store, the model, the leases it holds, and the tallies."""
 
-    def __init__(self, store, captioner, settings, datasets, lease, result, pool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store, settings, datasets, lease, result, engine) -> None:  # type: ignore[no-untyped-def]
         self.store = store
-        self.captioner = captioner
         self.settings = settings
         self.key = settings.key()
         self.datasets = datasets
         self.lease = lease
         self.result = result
-        self.pool = pool
+        self.engine = engine
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.model_id = 0
         self.cursor = 0
         self.timings: Counter[str] = Counter()
+        self.peaks: dict[int, int] = {}  # model process -> peak resident KiB
 
     def _ids(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "settings_key": self.key}
@@ -137,24 +137,20 @@ class _Run:
         caption_store.release(session, **self._ids(), hashes=done, worker=self.worker)
         if not todo:
             return None
-        futures = self.pool.submit([w.paths for w in todo])
-        return _Batch([w.content_hash for w in todo], todo, futures)
+        job = self.engine.submit([w.paths for w in todo])
+        return _Batch([w.content_hash for w in todo], todo, job)
 
     def finish_batch(self, batch: _Batch) -> None:
-        """Wait for the decoded images, caption them, and commit drafts and failures at once."""
+        """Wait for the batch's drafts and commit them and its failures at once."""
         started = time.perf_counter()
-        decoded = [d for f in batch.decoded for d in f.result()]
-        self.timings["decode_wait_s"] += time.perf_counter() - started
-        usable = [(w, d) for w, d in zip(batch.work, decoded, strict=True) if d.pixels is not None]
-        results = []
-        if usable:
-            started = time.perf_counter()
-            pixels = loader.stack([d.pixels for _, d in usable], self.captioner)
-            drafts = self.captioner.caption(pixels, self.settings)
-            self.timings["model_s"] += time.perf_counter() - started
-            results = [(w, dr) for (w, _), dr in zip(usable, drafts, strict=True)]
+        outcome = batch.job.result()
+        self.timings["wait_s"] += time.perf_counter() - started
+        engines.add_timings(self.timings, self.peaks, outcome)
+        results = [(w, drafts) for w, drafts in zip(batch.work, outcome.drafts, strict=True)
+                   if drafts is not None]  # fmt: skip
         started = time.perf_counter()
-        failures = [f for w, d in zip(batch.work, decoded, strict=True) for f in d.failures(w)]
+        pairs = zip(batch.work, outcome.decoded, strict=True)
+        failures = [f for w, d in pairs for f in d.failures(w)]
         with self.store.write() as session:
             now = utcnow()
             caption_store.save_drafts(
@@ -165,17 +161,22 @@ class _Run:
         self.timings["store_s"] += time.perf_counter() - started
         self._tally(results, failures)
 
-    def give_back(self, batch: _Batch) -> None:
-        for future in batch.decoded:
-            future.cancel()
-        with self.store.write() as session:
-            caption_store.release(session, **self._ids(), hashes=batch.hashes, worker=self.worker)
+    def stop(self, batches: Sequence[_Batch]) -> None:
+        """Give back the batches the model has not started on; finish and commit the others."""
+        unstarted = [b for b in batches if b.job.cancel()]
+        if unstarted:
+            with self.store.write() as session:
+                hashes = [h for b in unstarted for h in b.hashes]
+                caption_store.release(session, **self._ids(), hashes=hashes, worker=self.worker)
+        for batch in batches:
+            if batch not in unstarted:
+                self.finish_batch(batch)
 
-    def renew(self, batch: _Batch) -> None:
+    def renew(self, batches: Sequence[_Batch]) -> None:
         with self.store.write() as session:
             caption_store.renew(
-                session, **self._ids(), hashes=batch.hashes, worker=self.worker,
-                until=utcnow() + self.lease,
+                session, **self._ids(), hashes=[h for b in batches for h in b.hashes],
+                worker=self.worker, until=utcnow() + self.lease,
             )  # fmt: skip
 
     def _tally(self, results, failures) -> None:  # type: ignore[no-untyped-def]
@@ -199,6 +200,7 @@ def caption_images(
     datasets: Sequence[str] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    procs: int | None = None,
     limit: int | None = None,
     recaption: bool = False,
     lease_s: float = 600.0,
@@ -207,11 +209,16 @@ def caption_images(
     should_stop: Callable[[], bool] | None = None,
 ) -> CaptionResult:
     """Caption every readable image in scope that has no fresh draft from this model and
-    settings; safe to run in several processes on one store."""
+    settings; safe to run in several processes on one store.
+
+    `procs`: model processes (engines.py); None decides (one per core on a CPU for a run of
+    500 images or more, else none), 0 runs the model here with `workers` loader processes (0:
+    decoding inline too)."""
     if batch_size < 1:
         raise InputError("batch size must be at least 1")
     if limit is not None and limit < 1:
         raise InputError("the limit must be at least 1 image")
+    engines.check_procs(captioner, procs)
     started = time.perf_counter()
     scope, model_id, run = _begin(store, captioner, settings, datasets, recaption, model_source)
     result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
@@ -219,21 +226,26 @@ def caption_images(
         total, _ = caption_store.count_pending(
             session, model_id=model_id, settings_key=settings.key(), datasets=scope
         )
+    engine = engines.engine_for(captioner, settings, procs=procs, workers=workers, pending=total)
+    state = _Run(store, settings, scope, dt.timedelta(seconds=lease_s), result, engine)
+    state.model_id = model_id
     status, error = "completed", None
-    with loader.Loader(captioner, workers=workers) as pool:
-        state = _Run(store, captioner, settings, scope, dt.timedelta(seconds=lease_s), result, pool)
-        state.model_id = model_id
-        try:
+    try:
+        with engine:  # model processes load the model here: a failure is the run's error
             _loop(state, batch_size, limit, progress, should_stop, total)
-            status = "interrupted" if result.interrupted else "completed"
-        except BaseException as exc:
-            status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                             f"{type(exc).__name__}: {exc}")  # fmt: skip
-            raise
-        finally:
-            result.elapsed_s = time.perf_counter() - started
-            result.timings = {k: round(v, 3) for k, v in state.timings.items()}
-            _end(store, state, result, status, error)
+        status = "interrupted" if result.interrupted else "completed"
+    except BaseException as exc:
+        status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                         f"{type(exc).__name__}: {exc}")  # fmt: skip
+        raise
+    finally:
+        result.elapsed_s = time.perf_counter() - started
+        result.timings = {k: round(v, 3) for k, v in state.timings.items()}
+        result.timings.update(engine.describe)
+        if state.peaks:
+            peaks = [round(kib / 1024) for kib in state.peaks.values()]
+            result.timings["procs_peak_rss_mib"] = peaks
+        _end(store, state, result, status, error)
     return result
 
 
@@ -241,28 +253,42 @@ def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # ty
     # The first batches ramp up from an eighth of the batch size, doubling: the model starts as
     # soon as a few images are decoded, and each batch decodes while the one before, half its
     # size, is captioned; a full first batch would leave the model idle for its whole decode.
-    ramp = max(1, batch_size // 8)
-    current = state.next_batch(ramp if limit is None else min(ramp, limit))
-    while current is not None:
+    # With several model processes the last batches shrink, down to that first size, so that
+    # the processes finish together: whole batches to the end would leave one process
+    # captioning the last alone while the others wait (a batch's time, every run).
+    smallest = ramp = max(1, batch_size // 8)
+    models = state.engine.models
+    in_hand: deque[_Batch] = deque()
+    while True:
+        while len(in_hand) < state.engine.depth:
+            room = None
+            if limit is not None:
+                room = limit - state.result.images - sum(len(b.work) for b in in_hand)
+            size = ramp if room is None else min(ramp, room)
+            if models > 1:
+                held = sum(len(w.image_ids) for b in in_hand for w in b.work)
+                result = state.result
+                left = total - result.images - result.copied - sum(result.failed.values()) - held
+                size = min(size, max(smallest, -(-left // (models + 1))))
+            # a worker holding batches must never wait for another's leases (two such workers
+            # would wait for each other): it only waits when it holds nothing
+            batch = state.next_batch(size, wait=not in_hand) if size > 0 else None
+            if batch is None:
+                break
+            in_hand.append(batch)
+            ramp = min(batch_size, ramp * 2)
+        if not in_hand:
+            return
         if should_stop and should_stop():
-            state.give_back(current)  # leased and maybe decoded, but not captioned: not ours
+            state.stop(in_hand)
             state.result.interrupted = True
             return
-        ramp = min(batch_size, ramp * 2)
-        room = None if limit is None else limit - state.result.images - len(current.work)
-        size = ramp if room is None else min(ramp, room)
-        upcoming = state.next_batch(size, wait=False) if size > 0 else None
-        state.finish_batch(current)
+        state.finish_batch(in_hand.popleft())
         if progress is not None:
             done = state.result.images + state.result.copied
             progress(CaptionProgress(done, total, sum(state.result.failed.values())))
-        if upcoming is not None:
-            state.renew(upcoming)
-            current = upcoming
-        elif size > 0:
-            current = state.next_batch(size)  # may wait for other workers' leases
-        else:
-            current = None
+        if in_hand:
+            state.renew(in_hand)
 
 
 def _begin(store, captioner, settings, datasets, recaption, source):  # type: ignore[no-untyped-def]

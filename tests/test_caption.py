@@ -36,7 +36,7 @@ def photos(tmp_path):
 
 
 def _run(store, captioner, **options):
-    options = {"settings": SETTINGS, "workers": 0, "batch_size": 3, **options}
+    options = {"settings": SETTINGS, "workers": 0, "procs": 0, "batch_size": 3, **options}
     return caption_images(store, captioner, **options)
 
 

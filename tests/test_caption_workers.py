@@ -124,16 +124,49 @@ def test_two_workers_split_the_work_and_caption_each_image_once(store, store_url
     assert _count(store, CaptionClaim) == 0
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process under `pid` (its fork server, and the model processes under that)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie (which holds no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_killed_worker_loses_nothing_and_its_leases_are_taken_over(store, store_url, tmp_path):
     model = _prepare(store, tmp_path)
-    victim = _worker(store_url, model, "--lease", "3")
+    # the victim runs the model in two processes of its own, which must not outlive it
+    victim = _worker(store_url, model, "--lease", "3", "--procs", "2")
     deadline = time.time() + 120
     while _count(store, Caption) < 3:
         assert victim.poll() is None, victim.stderr.read().decode()
         assert time.time() < deadline, "the first worker never committed a batch"
         time.sleep(0.05)
+    helpers = _descendants(victim.pid)
+    assert len(helpers) >= 3  # the fork server and two model processes
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in helpers):
+        assert time.time() < deadline, "the killed worker's model processes are still running"
+        time.sleep(0.2)
     committed = _count(store, Caption)
     assert 3 <= committed < IMAGES
     assert _count(store, CaptionClaim) >= 1  # it died holding a lease

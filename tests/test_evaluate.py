@@ -99,7 +99,7 @@ def test_store_drafts_are_scored_against_the_reviews_that_kept_them(model, store
     make.write_many(tmp_path / "photos", 4, size=(48, 40))
     scan(store, [tmp_path / "photos"], workers=0)
     captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
-    caption_images(store, captioner, settings=SETTINGS, workers=0, batch_size=4)
+    caption_images(store, captioner, settings=SETTINGS, workers=0, procs=0, batch_size=4)
     with pytest.raises(InputError, match="no reviewed drafts"):
         evaluate_store(store)
     with store.write() as session:

@@ -43,7 +43,7 @@ def captioner(tmp_path_factory):
 def build(store, captioner, folder: Path, n: int = 7) -> None:
     make.write_many(folder, n, size=(200, 150))
     scan(store, [folder], workers=1)
-    caption_images(store, captioner, settings=SETTINGS, workers=0)
+    caption_images(store, captioner, settings=SETTINGS, workers=0, procs=0)
 
 
 def drafts(store, spec=DraftFilter(), sort="confidence"):
@@ -174,7 +174,7 @@ def test_names_and_captions_are_escaped_everywhere(store, captioner, tmp_path):
     make.rgb_jpeg(folder, "a<script>b\"c'd&e.jpg")
     raw = make.non_utf8_name(folder)
     scan(store, [folder], dataset='<script>alert("ds")</script>', workers=1)
-    caption_images(store, captioner, settings=SETTINGS, workers=0)
+    caption_images(store, captioner, settings=SETTINGS, workers=0, procs=0)
     with store.write() as session:
         session.execute(update(Caption).where(Caption.image_id == 1).values(text=EVIL))
         session.execute(update(Model).values(name="<script>model</script>"))

@@ -50,7 +50,7 @@ def drafted(store, tmp_path, captioner):
     make.write_many(tmp_path / "photos", IMAGES, size=(48, 40))
     scan(store, [tmp_path / "photos"], workers=1)
     settings = DecodeSettings(beam_size=3, max_len=8, n_best=3)
-    caption_images(store, captioner, settings=settings, workers=0, batch_size=4)
+    caption_images(store, captioner, settings=settings, workers=0, procs=0, batch_size=4)
     return store
 
 

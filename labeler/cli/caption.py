@@ -38,9 +38,20 @@ def caption_cli(
     ] = 0,
     block_unk: Annotated[bool, typer.Option(help="Never emit the unknown word.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    procs: Annotated[
+        int | None,
+        typer.Option(
+            help="Model processes on a CPU, each decoding its own batches (default: "
+            "one per core, up to 8); 0 runs the model in this process."
+        ),
+    ] = None,  # fmt: skip
     workers: Annotated[
-        int | None, typer.Option(help="Loader processes decoding images; 0 decodes inline.")
-    ] = None,
+        int | None,
+        typer.Option(
+            help="With the model in this process (a GPU, or --procs 0): loader "
+            "processes decoding images; 0 decodes inline."
+        ),
+    ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     limit: Annotated[int | None, typer.Option(help="Stop after about this many images.")] = None,
     recaption: Annotated[
@@ -70,7 +81,7 @@ def caption_cli(
     with progress("Captioning", json_output) as report, _StopOnInterrupt() as stop:
         result = caption_images(
             store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
-            workers=workers, limit=limit, recaption=recaption, lease_s=lease,
+            workers=workers, procs=procs, limit=limit, recaption=recaption, lease_s=lease,
             model_source=str(model.resolve()), should_stop=stop.requested,
             progress=lambda p: report(p.done, f"{p.failed} failed", p.total),
         )  # fmt: skip

@@ -104,6 +104,7 @@ class ShowTellCaptioner:
         self.vocab = loaded.vocab
         self.preprocessing = loaded.preprocessing
         self.identity = loaded.content_hash
+        self.source: Path | None = loaded.path  # where another process can load it from
         self.name = f"show-tell-{loaded.content_hash[:6]}"
         self.input_size = (loaded.preprocessing.crop, loaded.preprocessing.crop)
 

@@ -1,0 +1,157 @@
+"""The caption job with the model in separate processes (labeler/engines.py): the same drafts as
+the model in this process, failures recorded, a model file replaced mid-way refused, Ctrl-C
+finishing what the processes started, and the choice between the engines."""
+
+from __future__ import annotations
+
+import imagefactory as make
+import pytest
+import torch
+from captionkit import tiny_checkpoint
+from sqlalchemy import func, select
+
+from labeler import engines
+from labeler.caption import caption_images
+from labeler.errors import InputError, ModelError
+from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.drafts import DecodeSettings
+from labeler.scan import scan
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image
+
+SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=2)
+IMAGES = 9
+
+
+@pytest.fixture
+def model(tmp_path):
+    return tiny_checkpoint(tmp_path / "tiny.pt")
+
+
+@pytest.fixture
+def captioner(model):
+    return ShowTellCaptioner.from_checkpoint(model, device="cpu")
+
+
+@pytest.fixture
+def photos(store, tmp_path):
+    folder = tmp_path / "photos"
+    make.write_many(folder, IMAGES - 1, size=(48, 40), fmt="JPEG")
+    make.palette_png_transparent(folder)
+    scan(store, [folder], workers=1)
+    return folder
+
+
+def _run(store, captioner, **options):
+    options = {"settings": SETTINGS, "batch_size": 3, **options}
+    return caption_images(store, captioner, **options)
+
+
+def _drafts(store) -> dict[tuple[int, int], tuple[str, float]]:
+    with store.session() as session:
+        rows = session.scalars(select(Caption).where(~Caption.stale)).all()
+    return {(d.image_id, d.rank): (d.text, d.log_likelihood) for d in rows}
+
+
+def _count(store, what) -> int:
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(what))
+
+
+def test_model_processes_give_the_drafts_of_the_model_here(store, photos, captioner):
+    here = _run(store, captioner, procs=0, workers=0, batch_size=1)
+    assert here.timings["engine"] == "local" and here.images == IMAGES
+    one_at_a_time = _drafts(store)
+    result = _run(store, captioner, procs=2, recaption=True)
+    assert result.images == IMAGES and not result.failed
+    assert (result.timings["engine"], result.timings["procs"]) == ("processes", 2)
+    assert result.timings["threads_each"] >= 1 and result.timings["start_s"] > 0
+    assert 1 <= len(result.timings["procs_peak_rss_mib"]) <= 2
+    assert all(peak > 50 for peak in result.timings["procs_peak_rss_mib"])  # torch and a model
+    in_processes = _drafts(store)
+    assert in_processes.keys() == one_at_a_time.keys() and len(in_processes) == 2 * IMAGES
+    for key, (text, ll) in one_at_a_time.items():
+        assert in_processes[key][0] == text
+        assert in_processes[key][1] == pytest.approx(ll, abs=1e-4)
+    assert _count(store, CaptionClaim) == 0
+
+
+def test_files_broken_since_the_scan_fail_in_the_model_processes_and_the_run_goes_on(
+    store, photos, captioner
+):
+    (photos / "img_000001.jpg").unlink()
+    make.truncated_jpeg(photos, "img_000002.jpg")
+    result = _run(store, captioner, procs=2)
+    assert result.images == IMAGES - 2
+    assert sum(result.failed.values()) == 2
+    with store.session() as session:
+        statuses = dict(session.execute(select(Image.path, Image.status)).all())
+    assert statuses["img_000001.jpg"] == "missing" and statuses["img_000002.jpg"] == "unreadable"
+
+
+def test_a_model_file_replaced_after_loading_fails_the_run_before_any_draft(
+    store, photos, captioner, model
+):
+    tiny_checkpoint(model, seed=1)  # another model under the same name
+    with pytest.raises(ModelError, match="changed while the run was captioning"):
+        _run(store, captioner, procs=2)
+    assert _count(store, Caption) == 0 and _count(store, CaptionClaim) == 0
+    with store.session() as session:
+        run = session.scalars(select(CaptionRun)).one()
+    assert run.status == "failed" and "changed while the run" in run.error
+
+
+def test_an_interrupt_commits_what_the_processes_started_and_the_next_run_finishes(
+    store, photos, captioner
+):
+    asked = []
+
+    def stop_after_first_batch() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    first = _run(store, captioner, procs=2, batch_size=8, should_stop=stop_after_first_batch)
+    assert first.interrupted and 1 <= first.images < IMAGES
+    assert len([k for k in _drafts(store) if k[1] == 0]) == first.images  # all committed
+    assert _count(store, CaptionClaim) == 0  # what was not started was given back
+    rest = _run(store, captioner, procs=2)
+    assert rest.images == IMAGES - first.images and not rest.interrupted
+    with store.session() as session:
+        per_image = session.execute(
+            select(Caption.image_id, func.count())
+            .where(Caption.rank == 0)
+            .group_by(Caption.image_id)
+        ).all()
+    assert len(per_image) == IMAGES and {n for _, n in per_image} == {1}
+
+
+class _Wrapped(ShowTellCaptioner):
+    """A captioner of another family, as a plug-in would bring: another process cannot load it."""
+
+
+def test_the_engine_follows_procs_the_cores_and_the_captioner(captioner, model):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        auto = engines.engine_for(captioner, SETTINGS, procs=None, workers=0, pending=500)
+        assert isinstance(auto, engines.ProcessEngine) and auto.procs == 2
+        assert auto.describe["threads_each"] == 1
+        few = engines.engine_for(captioner, SETTINGS, procs=None, workers=0, pending=499)
+        assert isinstance(few, engines.LocalEngine)  # would not earn back the start-up
+        asked = engines.engine_for(captioner, SETTINGS, procs=2, workers=0, pending=10)
+        assert isinstance(asked, engines.ProcessEngine)
+        torch.set_num_threads(1)
+        one_core = engines.engine_for(captioner, SETTINGS, procs=None, workers=0)
+        assert isinstance(one_core, engines.LocalEngine)
+        explicit = engines.engine_for(captioner, SETTINGS, procs=3, workers=0)
+        assert isinstance(explicit, engines.ProcessEngine) and explicit.depth == 4
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(engines.engine_for(captioner, SETTINGS, procs=0, workers=0),
+                      engines.LocalEngine)  # fmt: skip
+    plug_in = _Wrapped.from_checkpoint(model, device="cpu")
+    assert isinstance(engines.engine_for(plug_in, SETTINGS, procs=None, workers=0),
+                      engines.LocalEngine)  # fmt: skip
+    with pytest.raises(InputError, match="on a CPU only"):
+        engines.engine_for(plug_in, SETTINGS, procs=2, workers=0)
+    with pytest.raises(InputError, match="0 or more"):
+        engines.engine_for(captioner, SETTINGS, procs=-1, workers=0)
