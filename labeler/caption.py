@@ -53,6 +53,7 @@ class CaptionResult:
     flagged: int = 0  # best drafts that are unfinished, repetitive or hold an unknown word
     confidence_sum: float = 0.0
     interrupted: bool = False
+    given_back: int = 0  # contents leased but left uncaptioned when the run was stopped
     elapsed_s: float = 0.0
     timings: dict[str, Any] = field(default_factory=dict)  # seconds, and how the model ran
 
@@ -64,7 +65,7 @@ class CaptionResult:
         return {
             "images": self.images, "contents": self.contents, "copied": self.copied,
             "failed": dict(self.failed), "flagged": self.flagged,
-            "mean_confidence": self.mean_confidence,
+            "mean_confidence": self.mean_confidence, "given_back": self.given_back,
         }  # fmt: skip
 
 
@@ -161,16 +162,23 @@ class _Run:
         self.timings["store_s"] += time.perf_counter() - started
         self._tally(results, failures)
 
-    def stop(self, batches: Sequence[_Batch]) -> None:
-        """Give back the batches the model has not started on; finish and commit the others."""
+    def stop(self, batches: Sequence[_Batch]) -> int:
+        """Give back the batches the model has not started on; finish and commit the others.
+        Returns how many contents were given back."""
+        self.engine.stop()
         unstarted = [b for b in batches if b.job.cancel()]
+        for batch in batches:
+            if batch in unstarted:
+                continue
+            if batch.job.result().skipped:
+                unstarted.append(batch)
+            else:
+                self.finish_batch(batch)
         if unstarted:
             with self.store.write() as session:
                 hashes = [h for b in unstarted for h in b.hashes]
                 caption_store.release(session, **self._ids(), hashes=hashes, worker=self.worker)
-        for batch in batches:
-            if batch not in unstarted:
-                self.finish_batch(batch)
+        return sum(len(b.work) for b in unstarted)
 
     def renew(self, batches: Sequence[_Batch]) -> None:
         with self.store.write() as session:
@@ -260,6 +268,10 @@ def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # ty
     models = state.engine.models
     in_hand: deque[_Batch] = deque()
     while True:
+        if should_stop and should_stop():  # before leasing more
+            state.result.given_back = state.stop(in_hand)
+            state.result.interrupted = True
+            return
         while len(in_hand) < state.engine.depth:
             room = None
             if limit is not None:
@@ -278,10 +290,6 @@ def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # ty
             in_hand.append(batch)
             ramp = min(batch_size, ramp * 2)
         if not in_hand:
-            return
-        if should_stop and should_stop():
-            state.stop(in_hand)
-            state.result.interrupted = True
             return
         state.finish_batch(in_hand.popleft())
         if progress is not None:

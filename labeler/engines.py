@@ -3,17 +3,22 @@ several processes that each hold a copy, use a share of the cores and decode the
 
 Both engines take a batch (one task per content: its paths) and hand back a job whose `result()`
 is the batch's `Outcome`: each content decoded or failed, and the drafts of those that decoded.
-`cancel()` is true when the job never ran and never will, so its leases can be given back.
+`cancel()` is true when the job never ran and never will, so its leases can be given back. After
+the engine's `stop()`, a batch no process has begun comes back `skipped`, to be given back too
+(a process pool's queued calls cannot be cancelled once handed to it, which the next is).
 
 Why processes on a CPU. One process running the model on two threads keeps both threads in step
 at every operation: each of the beam search's small steps and each of mobilenet's depthwise
 convolutions ends at a barrier, and whenever the loader's decoding (or anything else) takes one
 of the cores, the other thread waits there. Two processes of one thread each never wait for each
-other, and a process decoding its next batch leaves the other's model running. On this project's
-2-core machine (random weights, vocabulary 10,000, beam 3, batch 32) the bare model runs 20-35%
-faster as 2 processes x 1 thread than as 1 process x 2 threads (mobilenet_v3_large 41-43 against
-31-35 images/s, resnet50 11.3-11.6 against 9.7-10.1), each process decoding inline costs what
-the decoding costs and nothing more, and the parent only leases and writes.
+other, and a process decoding its next batch leaves the other's model running. On this
+project's 2-core machine (random weights, vocabulary 10,000, beam 3, batch 32, see
+benchmarks/bench_caption.py) the bare model runs faster as 2 processes x 1 thread than as
+1 process x 2 threads: mobilenet_v3_large 32-34 against 26-27 images/s, resnet50 7.9-9.0
+against 6.8-7.5 (one run, a slow spell); and `labeler caption` on mobilenet ran at 30.5-30.9
+images/s this way against 20.1-22.0 with the model in the main process and a loader beside it.
+Each process decoding inline costs what the decoding costs and nothing more, and the parent
+only leases and writes.
 
 Each process loads the checkpoint itself from the file the parent loaded and checks its hash
 against the one the run is recorded under: a file replaced since the run began is an error, not
@@ -31,10 +36,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from labeler import imageio, loader
+from labeler.errors import ModelError
 from labeler.pools import process_context, worker_pool
 
 MAX_PROCS = 8  # more copies of the model cost memory for a smaller share of the cores each
@@ -54,12 +62,16 @@ class Outcome:
     drafts: list[Any]  # labeler.model.drafts.ImageDrafts | None
     timings: dict[str, float] = field(default_factory=dict)
     process: tuple[int, int] | None = None  # a model process's (pid, peak resident KiB so far)
+    skipped: bool = False  # the engine was stopped before a process began it: nothing was done
 
 
 class Job(Protocol):
     def result(self) -> Outcome: ...
 
     def cancel(self) -> bool: ...
+
+
+SKIPPED = Outcome([], [], skipped=True)
 
 
 def run_model(captioner, decoded: list[loader.Decoded], settings) -> Outcome:  # type: ignore[no-untyped-def]
@@ -148,6 +160,9 @@ class LocalEngine:
     def submit(self, tasks: Sequence[Sequence[bytes]]) -> Job:
         return _LocalJob(self, self.loader.submit(tasks))
 
+    def stop(self) -> None:
+        """Nothing to do: a job here runs the model only when its result is asked for."""
+
 
 @dataclass(frozen=True)
 class _Spec:
@@ -162,11 +177,13 @@ class _Spec:
 
 _loaded: dict[_Spec, Any] = {}  # in a model process: the captioner of the spec it was given
 _started: threading.Barrier | None = None  # in a model process: all of them loaded
+_stopping: Any = None  # in a model process: the engine's stop event
 
 
-def _keep_barrier(barrier) -> None:  # type: ignore[no-untyped-def]
-    global _started
-    _started = barrier
+def _keep_shared(barrier, stopping) -> None:  # type: ignore[no-untyped-def]
+    """Pool initializer: the barrier and the event can only reach a process as it starts."""
+    global _started, _stopping
+    _started, _stopping = barrier, stopping
 
 
 def _ready(spec: _Spec) -> None:
@@ -186,7 +203,6 @@ def _captioner(spec: _Spec):  # type: ignore[no-untyped-def]
     if captioner is None:
         import torch
 
-        from labeler.errors import ModelError
         from labeler.model.captioner import ShowTellCaptioner
 
         torch.set_num_threads(spec.threads)
@@ -204,7 +220,9 @@ def _captioner(spec: _Spec):  # type: ignore[no-untyped-def]
 
 
 def caption_batch(spec: _Spec, tasks: Sequence[Sequence[bytes]], settings) -> Outcome:  # type: ignore[no-untyped-def]
-    """In a model process: decode the batch, then caption what decoded."""
+    """In a model process: decode the batch, then caption what decoded (unless stopped)."""
+    if _stopping is not None and _stopping.is_set():
+        return SKIPPED
     captioner = _captioner(spec)
     started = time.perf_counter()
     prep = captioner.preprocessing
@@ -235,7 +253,7 @@ class ProcessEngine:
         if procs < 1 or not portable(captioner):
             raise ValueError("model processes need Show and Tell on a CPU, loaded from a file")
         threads = max(1, core_budget() // procs) if threads is None else threads
-        self.spec = _Spec(str(captioner.source), captioner.identity, threads,
+        self.spec = _Spec(str(Path(captioner.source).resolve()), captioner.identity, threads,
                           bool(captioner.channels_last), max_pixels)  # fmt: skip
         self.settings = settings
         self.procs = self.models = procs
@@ -243,27 +261,54 @@ class ProcessEngine:
         self.describe: dict[str, Any] = {"engine": "processes", "procs": procs,
                                          "threads_each": threads}  # fmt: skip
         self._pool: Executor | None = None
+        self._stopping: Any = None
 
     def __enter__(self) -> ProcessEngine:
         """Start the processes and wait until each has loaded the model (`start_s`): a model
         file that cannot be loaded fails here, before any image is leased."""
         started = time.perf_counter()
-        barrier = process_context(PRELOAD).Barrier(self.procs)
-        self._pool = worker_pool(self.procs, preload=PRELOAD,
-                                 initializer=functools.partial(_keep_barrier, barrier))  # fmt: skip
-        ready = [self._pool.submit(_ready, self.spec) for _ in range(self.procs)]
-        errors = [f.exception() for f in ready]
-        failed = [e for e in errors if e is not None]
-        if failed:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)),
-                       failed[0])  # fmt: skip
+        context = process_context(PRELOAD)
+        barrier, self._stopping = context.Barrier(self.procs), context.Event()
+        initializer = functools.partial(_keep_shared, barrier, self._stopping)
+        self._pool = worker_pool(self.procs, preload=PRELOAD, initializer=initializer)
+        try:
+            ready = [self._pool.submit(_ready, self.spec) for _ in range(self.procs)]
+            _, late = futures_wait(ready, timeout=READY_TIMEOUT_S + 30)
+            failed = [f.exception() for f in ready if f not in late and f.exception()]
+            real = [e for e in failed if not isinstance(e, threading.BrokenBarrierError)]
+            if real:
+                raise real[0]
+            if failed or late:
+                raise ModelError(f"the model processes did not all load {self.spec.path} "
+                                 f"within {READY_TIMEOUT_S:.0f} s")  # fmt: skip
+        except BaseException:
+            self._terminate()
+            raise
         self.describe["start_s"] = round(time.perf_counter() - started, 3)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            assert self._pool is not None
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:  # an error or a second Ctrl-C: what the processes are doing is thrown away
+            self._terminate()
+
+    def _terminate(self) -> None:
+        """Stop the processes now rather than after their batches (they ignore SIGINT)."""
         assert self._pool is not None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.stop()
+        processes = list(getattr(self._pool, "_processes", {}).values())  # no public way
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(10)
+
+    def stop(self) -> None:
+        """Batches no process has begun come back skipped from now on."""
+        if self._stopping is not None:
+            self._stopping.set()
 
     def submit(self, tasks: Sequence[Sequence[bytes]]) -> Job:
         assert self._pool is not None, "use the engine as a context manager"

@@ -4,6 +4,8 @@ finishing what the processes started, and the choice between the engines."""
 
 from __future__ import annotations
 
+import os
+
 import imagefactory as make
 import pytest
 import torch
@@ -110,9 +112,12 @@ def test_an_interrupt_commits_what_the_processes_started_and_the_next_run_finish
         return len(asked) > 1
 
     first = _run(store, captioner, procs=2, batch_size=8, should_stop=stop_after_first_batch)
-    assert first.interrupted and 1 <= first.images < IMAGES
+    # in hand when asked to stop: batches of 1, 2 and 2 (the ramp, then the shrinking tail);
+    # each is either captioned and committed or given back, none left between
+    assert first.interrupted and first.images >= 1
+    assert first.images + first.given_back == 5
     assert len([k for k in _drafts(store) if k[1] == 0]) == first.images  # all committed
-    assert _count(store, CaptionClaim) == 0  # what was not started was given back
+    assert _count(store, CaptionClaim) == 0
     rest = _run(store, captioner, procs=2)
     assert rest.images == IMAGES - first.images and not rest.interrupted
     with store.session() as session:
@@ -122,6 +127,26 @@ def test_an_interrupt_commits_what_the_processes_started_and_the_next_run_finish
             .group_by(Caption.image_id)
         ).all()
     assert len(per_image) == IMAGES and {n for _, n in per_image} == {1}
+
+
+def test_after_stop_a_batch_no_process_has_begun_comes_back_skipped(captioner, tmp_path):
+    tasks = [[os.fsencode(path) for path in make.write_many(tmp_path, 1, size=(48, 40))]]
+    with engines.ProcessEngine(captioner, SETTINGS, procs=1) as engine:
+        assert engine.submit(tasks).result().drafts[0] is not None
+        engine.stop()
+        skipped = engine.submit(tasks)
+        assert skipped.result().skipped and not skipped.result().drafts
+
+
+def test_an_error_stops_the_model_processes_at_once(captioner, tmp_path):
+    tasks = [[os.fsencode(path) for path in make.write_many(tmp_path, 1, size=(48, 40))]]
+    engine = engines.ProcessEngine(captioner, SETTINGS, procs=2)
+    with pytest.raises(RuntimeError, match="boom"), engine:
+        processes = list(engine._pool._processes.values())  # type: ignore[union-attr]
+        for _ in range(6):
+            engine.submit(tasks * 8)  # work they would otherwise finish first
+        raise RuntimeError("boom")
+    assert len(processes) == 2 and not any(p.is_alive() for p in processes)
 
 
 class _Wrapped(ShowTellCaptioner):
