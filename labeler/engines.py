@@ -298,7 +298,7 @@ class ProcessEngine:
         """Stop the processes now rather than after their batches (they ignore SIGINT)."""
         assert self._pool is not None
         self.stop()
-        processes = list(getattr(self._pool, "_processes", {}).values())  # no public way
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())  # no API
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
