@@ -49,11 +49,17 @@ from labeler.features import (
     set_train_mode,
 )
 from labeler.model.beam import beam_search
-from labeler.model.captioner import pick_device
-from labeler.model.checkpoint import atomic_torch_save, file_sha256, save_checkpoint
+from labeler.model.captioner import ShowTellCaptioner, pick_device
+from labeler.model.checkpoint import (
+    atomic_torch_save,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from labeler.model.drafts import DecodeSettings
 from labeler.model.show_tell import ModelConfig, ShowAndTell, build_model
 from labeler.model.vocab import Vocabulary
+from labeler.train_calibration import ValidationCalibration, fit_on_validation
 
 STATE_FORMAT = "labeler.train_state"
 STATE_VERSION = 1
@@ -67,6 +73,8 @@ class TrainSettings:
     # The shorter side is resized to this and the centre square kept; None: what the ImageNet
     # weights expect (resnet: 232 -> 224).
     image_size: int | None = None
+    # Blocks whose pooled outputs join the image representation (EfficientNet-Lite only).
+    feature_taps: tuple[int, ...] = ()
     embed_size: int = 256
     hidden_size: int = 256
     num_layers: int = 1
@@ -94,6 +102,10 @@ class TrainSettings:
     # busy machine one thread can beat two: idle threads spin while they wait for the others.
     threads: int | None = None
     samples: int = 3  # validation images captioned after each epoch, to show progress
+    # The decoding defaults the checkpoint carries (max length: the longest training caption).
+    beam_size: int = 3
+    n_best: int = 1
+    calibrate: bool = True  # fit p_accept's calibrator on the validation drafts at the end
 
     def __post_init__(self) -> None:
         checks = [
@@ -106,6 +118,7 @@ class TrainSettings:
             (0 < self.val_fraction < 1, "val fraction must lie in (0, 1)"),
             (self.fine_tune_stages >= 1, "fine-tune stages must be at least 1"),
             (self.image_size is None or self.image_size >= 16, "image size must be >= 16"),
+            (1 <= self.n_best <= self.beam_size, "n-best must be between 1 and the beam size"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,6 +167,8 @@ class TrainResult:
     best_val_loss: float = math.inf
     stopped: str = "completed"  # "completed", "early stopping" or "interrupted"
     history: list[EpochReport] = field(default_factory=list)
+    decoding: DecodeSettings | None = None  # the defaults the checkpoint carries
+    calibration: ValidationCalibration | None = None  # fitted at the end of a finished run
     features_computed: int = 0  # images run through the backbone for the cache
     features_reused: int = 0  # images whose features were cached
     decode_failures: int = 0  # images that could not be decoded (left out)
@@ -174,6 +189,7 @@ class TrainData:
         self.paths = [it.image_path for it in items]
         self.keys = [it.key for it in items]
         self.references = [list(it.captions) for it in items]
+        self.extras = [it.extra for it in items]
         self.tokens = [
             [vocab.encode(vocab.tokenize(c)[:max_words], add_start_end=True) for c in it.captions]
             for it in items
@@ -296,6 +312,8 @@ def train(
         run.optimiser()
         run.restore(state)
         run.loop()
+        if settings.calibrate and result.checkpoint is not None:
+            run.calibrate()
     except KeyboardInterrupt:
         result.stopped = "interrupted"
     finally:
@@ -322,6 +340,7 @@ def _model_and_vocab(data: CaptionSet, settings: TrainSettings, state: dict | No
         backbone=settings.backbone, embed_size=settings.embed_size,
         hidden_size=settings.hidden_size, num_layers=settings.num_layers,
         dropout=settings.dropout, vocab_size=len(vocab), frozen=not settings.fine_tune_encoder,
+        feature_taps=tuple(settings.feature_taps),
     )  # fmt: skip
     model = build_model(config, pretrained=settings.pretrained, weights_file=settings.weights_file)
     if settings.image_size is not None:
@@ -451,9 +470,37 @@ class _Run:
         """Write the checkpoint (atomically), then record it: an interrupted write changes
         neither the file nor the result."""
         meta = self.metadata(epoch, val_loss)
-        digest = save_checkpoint(self.out, self.model, self.vocab, training=meta)
+        decoding = self.decoding().to_dict()
+        digest = save_checkpoint(self.out, self.model, self.vocab, training=meta, decoding=decoding)
         self.result.checkpoint, self.result.content_hash = self.out, digest
         self.result.best_epoch, self.result.best_val_loss = epoch, val_loss
+
+    def decoding(self) -> DecodeSettings:
+        """The checkpoint's decoding defaults: room for the longest training caption's words and
+        its end token, so no draft is cut shorter than what the model learnt."""
+        longest = max(len(ids) - 2 for i in self.td.train for ids in self.td.tokens[i])
+        s = self.s
+        return DecodeSettings(beam_size=s.beam_size, max_len=longest + 1, n_best=s.n_best)
+
+    def calibrate(self) -> None:
+        """Decode the validation split with the best epoch's weights and the decoding defaults,
+        fit the calibrator, and keep both in the checkpoint (written atomically again)."""
+        loaded = load_checkpoint(self.out)
+        captioner = ShowTellCaptioner(loaded, device=self.device)
+        decoding = self.decoding()
+        fitted = fit_on_validation(
+            captioner,
+            self.encoder_inputs,
+            self.td.val, references=self.td.references, extras=self.td.extras,
+            settings=decoding, batch_size=self.s.batch_size,
+        )  # fmt: skip
+        meta = {**loaded.training, "calibration": fitted.summary()}
+        calibrator = fitted.calibrator.to_dict() if fitted.calibrator is not None else None
+        self.result.content_hash = save_checkpoint(
+            self.out, loaded.model, loaded.vocab, training=meta, decoding=decoding.to_dict(),
+            calibrator=calibrator,
+        )  # fmt: skip
+        self.result.decoding, self.result.calibration = decoding, fitted
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training images; the mean summed NLL per caption."""
@@ -492,6 +539,10 @@ class _Run:
             tokens, which = tokens[rows], which[rows]
         return self.model.config.preprocessing.normalize(pixels.to(self.device)), tokens, which
 
+    def encoder_inputs(self, images: list[int]) -> torch.Tensor:
+        """Just the encoder's input for these images (features, or pixels: failures zeroed)."""
+        return self.inputs(images, torch.zeros(len(images), 2), torch.arange(len(images)))[0]
+
     def nll(self, x, tokens, which) -> tuple[torch.Tensor, int]:  # type: ignore[no-untyped-def]
         """Summed NLL of tokens (R, T) given inputs x (B, ...) and which (R,) row -> image."""
         tokens, which = tokens.to(self.device), which.to(self.device)
@@ -526,7 +577,7 @@ class _Run:
         if not chosen:
             return []
         self.model.eval()
-        x, _, _ = self.inputs(chosen, torch.zeros(len(chosen), 2), torch.arange(len(chosen)))
+        x = self.encoder_inputs(chosen)
         with autocast_for(self.device, self.precision):
             embedding = self.model.encode(x).float()  # (B, E)
         hyps = beam_search(

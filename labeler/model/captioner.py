@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from labeler.calibration import Calibrator
 from labeler.errors import ModelError
 from labeler.model.beam import Hypothesis, beam_search
 from labeler.model.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -107,6 +108,14 @@ class ShowTellCaptioner:
         self.source: Path | None = loaded.path  # where another process can load it from
         self.name = f"show-tell-{loaded.content_hash[:6]}"
         self.input_size = (loaded.preprocessing.crop, loaded.preprocessing.crop)
+        # Optional members a plug-in captioner may lack (read them with getattr): the decoding
+        # settings the model was validated with, and its calibrator (p_accept from signals).
+        self.decoding: DecodeSettings | None = (
+            DecodeSettings(**loaded.decoding) if loaded.decoding else None
+        )
+        self.calibrator: Calibrator | None = (
+            Calibrator.from_dict(loaded.calibrator) if loaded.calibrator else None
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "auto", **kwargs):
@@ -120,18 +129,29 @@ class ShowTellCaptioner:
         if images.dim() != 4 or images.size(1) != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         with torch.inference_mode():
-            embedding = self._encode(images)  # (B, E) float32
-            hyps = beam_search(
-                self.model.step,
-                self.model.init_state(embedding),
-                images.size(0),
-                start_id=self.vocab.start_id,
-                end_id=self.vocab.end_id,
-                unk_id=self.vocab.unk_id,
-                settings=settings,
-                banned_ids=(self.vocab.pad_id, self.vocab.start_id),
-                device=self.device,
-            )
+            return self._search(self._encode(images), settings)
+
+    def caption_features(
+        self, features: torch.Tensor, settings: DecodeSettings
+    ) -> list[ImageDrafts]:
+        """Backbone features (B, F), as the training feature cache holds them -> drafts."""
+        with torch.inference_mode():
+            embedding = self.model.encode(features.to(self.device).float())  # (B, E)
+            return self._search(embedding, settings)
+
+    def _search(self, embedding: torch.Tensor, settings: DecodeSettings) -> list[ImageDrafts]:
+        """Image embeddings (B, E) -> the batched beam search's n-best drafts per image."""
+        hyps = beam_search(
+            self.model.step,
+            self.model.init_state(embedding),
+            embedding.size(0),
+            start_id=self.vocab.start_id,
+            end_id=self.vocab.end_id,
+            unk_id=self.vocab.unk_id,
+            settings=settings,
+            banned_ids=(self.vocab.pad_id, self.vocab.start_id),
+            device=self.device,
+        )
         return [self._drafts(h, settings.n_best) for h in hyps]
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,12 @@ The file is a `torch.save` of plain containers and tensors only:
     {"format": "labeler.show_tell", "format_version": 1, "labeler_version": "0.1.0",
      "config": ModelConfig.to_dict() (preprocessing included), "vocab": Vocabulary.to_dict(),
      "training": {...plain metadata: data, epochs, validation loss, metrics...},
+     "decoding": DecodeSettings.to_dict() the model is meant to be decoded with, or absent,
+     "calibrator": Calibrator.to_dict() fitted on its validation drafts, or absent,
      "state_dict": the model's weights, frozen backbone included}
+
+The decoding defaults and the calibrator are optional keys: a file without them (an older
+labeler's) loads with both None, and an older labeler ignores them.
 
 so `torch.load(weights_only=True)` can read it and loading never executes code from the file.
 The model's identity in the store is the sha256 of the file's bytes. `torch.save` is given an open
@@ -45,13 +50,23 @@ class LoadedCheckpoint:
     config: ModelConfig
     preprocessing: Preprocessing
     training: dict  # the metadata given to save_checkpoint, as saved
+    # The decoding settings the model was validated with (DecodeSettings.to_dict()), or None.
+    decoding: dict | None
+    # The calibrator fitted on its validation drafts (Calibrator.to_dict()), or None.
+    calibrator: dict | None
     format_version: int
     content_hash: str  # sha256 hex of the file's bytes: the model's identity
     path: Path
 
 
 def save_checkpoint(
-    path: str | Path, model: ShowAndTell, vocab: Vocabulary, *, training: dict
+    path: str | Path,
+    model: ShowAndTell,
+    vocab: Vocabulary,
+    *,
+    training: dict,
+    decoding: dict | None = None,
+    calibrator: dict | None = None,
 ) -> str:
     """Write the model atomically; returns the content hash (sha256 hex of the bytes written)."""
     path = Path(path)
@@ -60,6 +75,8 @@ def save_checkpoint(
             f"vocabulary has {len(vocab)} words, the model expects {model.config.vocab_size}"
         )
     _check_plain(training, "training")
+    _check_plain(decoding, "decoding")
+    _check_plain(calibrator, "calibrator")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -67,6 +84,8 @@ def save_checkpoint(
         "config": model.config.to_dict(),
         "vocab": vocab.to_dict(),
         "training": training,
+        **({"decoding": decoding} if decoding is not None else {}),
+        **({"calibrator": calibrator} if calibrator is not None else {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return atomic_torch_save(payload, path)
@@ -128,6 +147,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         config=config,
         preprocessing=config.preprocessing,
         training=data.get("training") or {},
+        decoding=data.get("decoding"),
+        calibrator=data.get("calibrator"),
         format_version=version,
         content_hash=digest,
         path=path,

@@ -154,3 +154,22 @@ def test_save_rejects_what_could_not_be_loaded_back(tmp_path, tiny_model, tiny_v
     with pytest.raises(ModelError, match="vocabulary has 5 words, the model expects"):
         save_checkpoint(tmp_path / "m.pt", tiny_model, Vocabulary(["x"]), training={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decoding_defaults_and_calibrator_are_optional_keys(
+    saved, tmp_path, tiny_model, tiny_vocab
+):
+    path, _ = saved
+    older = load_checkpoint(path)  # saved without them, as a checkpoint of an older labeler is
+    assert older.decoding is None and older.calibrator is None
+    assert "decoding" not in torch.load(path, weights_only=True)
+    decoding = DecodeSettings(beam_size=2, max_len=9, n_best=2).to_dict()
+    calibrator = {"format": "labeler.calibrator", "weights": [0.5, -1.0], "bias": 0.25}
+    newer = tmp_path / "with-defaults.pt"
+    save_checkpoint(newer, tiny_model, tiny_vocab, training=TRAINING, decoding=decoding,
+                    calibrator=calibrator)  # fmt: skip
+    loaded = load_checkpoint(newer)
+    assert loaded.decoding == decoding and loaded.calibrator == calibrator
+    with pytest.raises(ModelError, match="calibrator"):
+        save_checkpoint(newer, tiny_model, tiny_vocab, training=TRAINING,
+                        calibrator={"weights": torch.zeros(2)})  # fmt: skip
