@@ -66,6 +66,7 @@ def _caption(i: int) -> tuple[str, list[float], Alternative]:
         total - 1.0,
         len(logprobs),
         math.exp((total - 1.0) / len(logprobs)),
+        1 / (1 + math.exp(2.0 - total / 4)),  # p_accept: a calibrated-looking value
     )
     return " ".join(words), logprobs, alternative
 
@@ -93,6 +94,7 @@ def synthetic_rows(count: int):
             log_likelihood=total,
             num_tokens=len(logprobs),
             confidence=math.exp(total / len(logprobs)),
+            p_accept=1 / (1 + math.exp(1.0 - total / 4)),
             token_logprobs=logprobs,
             margin=0.3,
             finished=True,

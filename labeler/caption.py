@@ -7,6 +7,9 @@ leases in one transaction. The engine always has the next batches in hand (lease
 waiting for a free model process) while it works on the current one, so the model, not the
 loader or the store, sets the pace. Nothing is ever half-written: a run killed at any moment
 leaves the batches it committed, and its leases expire for the next run or another worker.
+Each draft is written with its p_accept, scored here at write time, a batch with one prediction,
+by the calibrator current in that write's transaction (store/calibrators.py): a `labeler
+calibrate` during the run rescores what was written and scores what comes after.
 
 `should_stop` is polled between batches: Ctrl-C in the CLI sets it; the batches the model has
 started on are finished and committed, the others given back, and the run ends `interrupted`.
@@ -27,7 +30,7 @@ from typing import Any
 from labeler import engines
 from labeler.errors import InputError
 from labeler.model.drafts import DecodeSettings
-from labeler.store import Store
+from labeler.store import Store, calibrators
 from labeler.store import captions as caption_store
 from labeler.store.models import utcnow
 
@@ -52,6 +55,7 @@ class CaptionResult:
     failed: Counter[str] = field(default_factory=Counter)  # "status: reason" -> images
     flagged: int = 0  # best drafts that are unfinished, repetitive or hold an unknown word
     confidence_sum: float = 0.0
+    p_accept_sum: float = 0.0
     interrupted: bool = False
     given_back: int = 0  # contents leased but left uncaptioned when the run was stopped
     elapsed_s: float = 0.0
@@ -61,11 +65,16 @@ class CaptionResult:
     def mean_confidence(self) -> float | None:
         return self.confidence_sum / self.images if self.images else None
 
+    @property
+    def mean_p_accept(self) -> float | None:
+        return self.p_accept_sum / self.images if self.images else None
+
     def counts(self) -> dict[str, Any]:
         return {
             "images": self.images, "contents": self.contents, "copied": self.copied,
             "failed": dict(self.failed), "flagged": self.flagged,
-            "mean_confidence": self.mean_confidence, "given_back": self.given_back,
+            "mean_confidence": self.mean_confidence, "mean_p_accept": self.mean_p_accept,
+            "given_back": self.given_back,
         }  # fmt: skip
 
 
@@ -92,9 +101,16 @@ class _Run:
         self.cursor = 0
         self.timings: Counter[str] = Counter()
         self.peaks: dict[int, int] = {}  # model process -> peak resident KiB
+        self.scoring: calibrators.Scoring | None = None  # the calibrator last found current
 
     def _ids(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "settings_key": self.key}
+
+    def _scoring(self, session) -> calibrators.Scoring:  # type: ignore[no-untyped-def]
+        """The calibrator current in this write transaction (a refit waits for it to end)."""
+        calibrators.lock_model(session, self.model_id, exclusive=False)
+        self.scoring = calibrators.current(session, **self._ids(), known=self.scoring)
+        return self.scoring
 
     def next_batch(self, size: int, *, wait: bool = True) -> _Batch | None:
         """Lease and start decoding the next batch. None when no work is left anywhere, or,
@@ -130,8 +146,9 @@ class _Run:
     def _prepare(self, session, held: list[str]) -> _Batch | None:  # type: ignore[no-untyped-def]
         work = caption_store.work_for(session, **self._ids(), hashes=held, datasets=self.datasets)
         served = caption_store.copy_known_drafts(
-            session, **self._ids(), work=work, run_id=self.result.run_id
-        )
+            session, **self._ids(), work=work, run_id=self.result.run_id,
+            scoring=self._scoring(session),
+        )  # fmt: skip
         todo = [w for w in work if w.content_hash not in served]
         self.result.copied += sum(len(w.image_ids) for w in work if w.content_hash in served)
         done = [h for h in held if h not in {w.content_hash for w in todo}]
@@ -154,13 +171,14 @@ class _Run:
         failures = [f for w, d in pairs for f in d.failures(w)]
         with self.store.write() as session:
             now = utcnow()
-            caption_store.save_drafts(
-                session, **self._ids(), run_id=self.result.run_id, results=results, now=now
-            )
+            best = caption_store.save_drafts(
+                session, **self._ids(), run_id=self.result.run_id, results=results, now=now,
+                scoring=self._scoring(session),
+            )  # fmt: skip
             caption_store.fail_images(session, failures, now)
             caption_store.release(session, **self._ids(), hashes=batch.hashes, worker=self.worker)
         self.timings["store_s"] += time.perf_counter() - started
-        self._tally(results, failures)
+        self._tally(results, best, failures)
 
     def stop(self, batches: Sequence[_Batch]) -> int:
         """Give back the batches the model has not started on; finish and commit the others.
@@ -187,13 +205,14 @@ class _Run:
                 worker=self.worker, until=utcnow() + self.lease,
             )  # fmt: skip
 
-    def _tally(self, results, failures) -> None:  # type: ignore[no-untyped-def]
-        for work, drafts in results:
+    def _tally(self, results, p_accepts, failures) -> None:  # type: ignore[no-untyped-def]
+        for (work, drafts), p_accept in zip(results, p_accepts, strict=True):
             best = drafts.best
             n = len(work.image_ids)
             self.result.images += n
             self.result.contents += 1
             self.result.confidence_sum += best.confidence * n
+            self.result.p_accept_sum += p_accept * n
             if not best.finished or best.repeated_ngram or best.has_unknown:
                 self.result.flagged += n
         for _, status, reason in failures:
@@ -312,6 +331,7 @@ def _begin(store, captioner, settings, datasets, recaption, source):  # type: ig
             session, content_hash=captioner.identity, name=captioner.name,
             family=getattr(captioner, "family", "show-tell"), source=source,
             info=getattr(captioner, "info", None),
+            calibrator=getattr(captioner, "calibrator", None),  # plug-in captioners may lack it
         )  # fmt: skip
         if recaption:
             caption_store.mark_all_stale(

@@ -15,7 +15,7 @@ from labeler.errors import InputError
 from labeler.formats import coco, cvat, hf, labelstudio, sidecar, tabular
 from labeler.formats.rows import ExportResult
 from labeler.store import Store
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.store.exports import DEFAULT_SORT, DraftFilter, iter_drafts
 
 FORMATS = ("csv", "jsonl", "json", "label-studio", "coco", "hf", "sidecar", "cvat")
 
@@ -26,7 +26,7 @@ def export_drafts(
     dest: Path | None,
     *,
     spec: DraftFilter = DraftFilter(),
-    sort: str = "confidence",
+    sort: str = DEFAULT_SORT,
     n_best: int = 1,
     force: bool = False,
     document_root: Path | None = None,

@@ -2,7 +2,7 @@
 
 `report.html` (the index) holds the summary, the charts and a table of pages; the pages live
 beside it in `report_files/page-0001.html`, ..., `per_page` drafts each in the export sort order
-(worst confidence first by default), each linking to the previous and next page and the index.
+(worst p_accept first by default), each linking to the previous and next page and the index.
 A page needs nothing outside itself: thumbnails are JPEG data URIs, charts are inline SVG, the
 stylesheet is inline, there is no script, and a Content-Security-Policy forbids fetching anything,
 so the report opens offline and a caption cannot smuggle in active content. Every string from the
@@ -49,7 +49,7 @@ from labeler.formats.rows import ExportRow
 from labeler.pools import worker_pool
 from labeler.stats import compute_stats
 from labeler.store import Store
-from labeler.store.exports import SORTS, DraftFilter, iter_drafts
+from labeler.store.exports import DEFAULT_SORT, SORTS, DraftFilter, iter_drafts
 
 PER_PAGE = 200  # ~1 MB of thumbnails: a page opens at once, and 100,000 drafts are 500 pages
 THUMB_SIZE = 160  # the longer side, in pixels
@@ -88,7 +88,7 @@ class WrittenPage:
 
     number: int
     drafts: int
-    first: float  # confidence of its first and last draft
+    first: float  # p_accept of its first and last draft
     last: float
 
 
@@ -97,7 +97,7 @@ def write_report(
     dest: Path,
     *,
     spec: DraftFilter = DraftFilter(),
-    sort: str = "confidence",
+    sort: str = DEFAULT_SORT,
     n_best: int = 3,
     per_page: int = PER_PAGE,
     thumb_size: int = THUMB_SIZE,
@@ -248,8 +248,8 @@ class _PageWriter:
         if self.progress is not None:
             missing = sum(self.result.placeholders.values())
             self.progress(ReportProgress(self.result.drafts, self.total, missing))
-        return WrittenPage(page.number, len(page.rows), page.rows[0].confidence,
-                        page.rows[-1].confidence)  # fmt: skip
+        return WrittenPage(page.number, len(page.rows), page.rows[0].p_accept,
+                           page.rows[-1].p_accept)  # fmt: skip
 
 
 # The index ------------------------------------------------------------------------------------

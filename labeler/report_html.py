@@ -47,11 +47,11 @@ def card(row: ExportRow, thumb: str, why: str, thumb_size: int) -> str:
     badges = "".join(f' <span class="flag">{name}</span>' for name, on in flags if on)
     return (
         f'<article class="draft" id="image-{row.image_id}" data-image-id="{row.image_id}" '
-        f'data-confidence="{row.confidence:.6f}">{image}<div>\n'
-        f'<p class="caption">{marked_caption(row)}</p>\n'
-        f'<p class="scores"><b>{row.confidence:.3f}</b> confidence &middot; log-likelihood '
-        f"{row.log_likelihood:.2f} over {row.num_tokens} tokens &middot; margin "
-        f"{number(row.margin, 2)}{badges}"
+        f'data-p-accept="{row.p_accept:.6f}" data-confidence="{row.confidence:.6f}">'
+        f'{image}<div>\n<p class="caption">{marked_caption(row)}</p>\n'
+        f'<p class="scores"><b>{row.p_accept:.3f}</b> p_accept &middot; {row.confidence:.3f} '
+        f"confidence &middot; log-likelihood {row.log_likelihood:.2f} over {row.num_tokens} "
+        f"tokens &middot; margin {number(row.margin, 2)}{badges}"
         f"</p>\n{alternatives(row)}{review(row)}"
         f'<p class="path">{where} &middot; image {row.image_id}</p>\n</div></article>\n'
     )
@@ -71,7 +71,7 @@ def marked_caption(row: ExportRow) -> str:
 
 
 def alternatives(row: ExportRow) -> str:
-    items = [f"<li>{escape(a.text)} <small>{a.confidence:.3f}</small></li>"
+    items = [f"<li>{escape(a.text)} <small>{a.p_accept:.3f}</small></li>"
              for a in row.alternatives]  # fmt: skip
     return f'<ol class="alternatives" start="2">{"".join(items)}</ol>\n' if items else ""
 
@@ -99,9 +99,9 @@ def index(stats: Stats, pages: list[WrittenPage], result: ReportResult, folder: 
     title = f"Draft captions: {escape(stats.model)}"
     return document(title, (
         f"<h1>{title}</h1>\n{summary(stats, result, spec, sort)}\n"
-        f"<h2>Confidence</h2>\n{histogram(stats)}\n"
+        f"<h2>p_accept</h2>\n{histogram(stats)}\n"
         f"<h2>Calibration against reviews</h2>\n{calibration(stats)}\n"
-        f"<h2>Pages</h2>\n<p>Confidence of the first and last draft of each page.</p>\n{listing}"
+        f"<h2>Pages</h2>\n<p>p_accept of the first and last draft of each page.</p>\n{listing}"
     ))  # fmt: skip
 
 
@@ -114,6 +114,7 @@ def summary(stats: Stats, result: ReportResult, spec: DraftFilter, sort: str) ->
         "selection": "; ".join(chosen) or "every current draft",
         "sorted by": sort,
         "drafts": f"{result.drafts} shown of {stats.drafts} selected, {stats.flagged} flagged",
+        "mean p_accept": "-" if stats.mean_p_accept is None else f"{stats.mean_p_accept:.3f}",
         "mean confidence": "-" if stats.mean_confidence is None else f"{stats.mean_confidence:.3f}",
         "reviews": ", ".join(f"{n} {o}" for o, n in stats.outcomes.most_common()) or "none yet",
         "thumbnails": f"{result.thumbnails}" + (f" (no preview: {missing})" if missing else ""),
@@ -133,30 +134,34 @@ def calibration(stats: Stats) -> str:
     bands = stats.bands
     if not any(b.reviewed for b in bands):
         return ('<p class="no-reviews">No reviews yet: import the reviewers\' corrections '
-                "(<code>labeler import</code>) to see how often the drafts of each confidence "
+                "(<code>labeler import</code>) to see how often the drafts of each p_accept "
                 "band are accepted unchanged.</p>")  # fmt: skip
     tips = [f"{b.low:.2f}-{b.high:.2f}: {b.accepted} of {b.reviewed} accepted unchanged"
             for b in bands]  # fmt: skip
     chart = bars([b.acceptance for b in bands], 1.0, tips, "{:.0%}".format,
                   [f"n={b.reviewed}" for b in bands], stats.threshold)  # fmt: skip
     lines = [f"<tr><td>{b.low:.2f}-{b.high:.2f}</td><td>{b.drafts}</td><td>{b.reviewed}</td>"
-             f"<td>{number(b.acceptance, 2)}</td><td>{number(b.mean_edit_distance, 2)}</td>"
-             f"<td>{number(b.bleu, 3)}</td></tr>\n" for b in bands]  # fmt: skip
-    note = f"AUROC of confidence for acceptance: {number(stats.auroc, 3)}. "
+             f"<td>{number(b.predicted, 2)}</td><td>{number(b.acceptance, 2)}</td>"
+             f"<td>{number(b.mean_edit_distance, 2)}</td><td>{number(b.bleu, 3)}</td></tr>\n"
+             for b in bands]  # fmt: skip
+    note = (f"AUROC of p_accept for acceptance: {number(stats.auroc, 3)} (of confidence: "
+            f"{number(stats.signal_auroc.get('confidence'), 3)}); expected calibration error "
+            f"{number(stats.ece, 3)}. ")  # fmt: skip
     if stats.threshold is None:
-        note += f"No threshold reaches {stats.target:.0%}."
+        note += f"No p_accept threshold reaches {stats.target:.0%}."
     else:
-        note += (f"Drafts at or above {stats.threshold:.3f} (the dashed line) were accepted "
-                 f"unchanged at least {stats.target:.0%} of the time; {stats.passed} drafts are "
-                 "that confident.")  # fmt: skip
-    return (f"{chart}\n<p>{note}</p>\n<table><tr><th>confidence</th><th>drafts</th>"
-            "<th>reviewed</th><th>accepted</th><th>word edits</th><th>BLEU-4</th></tr>\n"
+        note += (f"Drafts with p_accept at or above {stats.threshold:.3f} (the dashed line) "
+                 f"were accepted unchanged at least {stats.target:.0%} of the time; "
+                 f"{stats.passed} drafts score that high.")  # fmt: skip
+    return (f"{chart}\n<p>{note}</p>\n<table><tr><th>p_accept</th><th>drafts</th>"
+            "<th>reviewed</th><th>predicted</th><th>accepted</th><th>word edits</th>"
+            "<th>BLEU-4</th></tr>\n"
             f"{''.join(lines)}</table>")  # fmt: skip
 
 
 def bars(values: list[float | None], top: float, tips: list[str], label: Callable[[float], str],
           notes: list[str] | None = None, marker: float | None = None) -> str:  # fmt: skip
-    """An SVG bar chart over the confidence range [0, 1], a bar per band (None: none) with a
+    """An SVG bar chart over the p_accept range [0, 1], a bar per band (None: none) with a
     tooltip, an optional note above each bar and an optional dashed line at `marker`."""
     width, height, left, bottom, pad = 640, 200, 48, 24, 14
     plot_w, plot_h = width - left - pad, height - bottom - pad

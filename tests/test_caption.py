@@ -1,5 +1,6 @@
 """The caption job through the library: drafts stored with every field, resumable, once per
-content, failures recorded per image, and batch size not changing any draft."""
+content, failures recorded per image, batch size not changing any draft, and every draft scored
+by the calibrator current when it is written."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import os
 
 import imagefactory as make
 import pytest
-from captionkit import tiny_checkpoint
+from captionkit import CALIBRATOR, tiny_checkpoint
 from sqlalchemy import func, select
 
+from labeler.calibration import Calibrator, draft_signals
 from labeler.caption import caption_images
 from labeler.errors import InputError
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
 from labeler.scan import scan
-from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image
+from labeler.store import calibrators as calibrator_store
+from labeler.store import captions as caption_store
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image, StoredCalibrator
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=2)
 
@@ -231,3 +235,98 @@ def test_batches_ramp_up_so_the_model_starts_early(store, tmp_path, captioner, m
     monkeypatch.setattr(captioner, "caption", counting)
     assert _run(store, captioner, batch_size=8).images == 20
     assert sizes == [1, 2, 4, 8, 5]
+
+
+# p_accept ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The tiny model with a calibrator in its checkpoint, as training leaves one."""
+    folder = tmp_path_factory.mktemp("model")
+    path = tiny_checkpoint(folder / "calibrated.pt", calibrator=CALIBRATOR)
+    return ShowTellCaptioner.from_checkpoint(path, device="cpu")
+
+
+def _predicted(calibrator: Calibrator, draft: Caption) -> float:
+    """The calibrator's p_accept for a draft, from the fields stored with it."""
+    return calibrator.predict_one(draft_signals(
+        draft.log_likelihood, draft.num_tokens, draft.token_logprobs, draft.margin,
+        draft.finished, draft.repeated_ngram, draft.has_unknown,
+    ))  # fmt: skip
+
+
+def _calibrators(store) -> list[StoredCalibrator]:
+    with store.session() as session:
+        return session.scalars(select(StoredCalibrator).order_by(StoredCalibrator.id)).all()
+
+
+def test_without_a_calibrator_confidence_stands_in(store, photos, captioner):
+    scan(store, [photos], workers=1)
+    result = _run(store, captioner)
+    drafts = _drafts(store)
+    assert all(d.p_accept == d.confidence and d.calibrator_id is None for d in drafts)
+    assert result.counts()["mean_p_accept"] == pytest.approx(result.mean_confidence)
+    assert _calibrators(store) == []
+
+
+def test_every_draft_is_scored_by_the_checkpoints_calibrator(store, tmp_path, calibrated):
+    folder = tmp_path / "photos"
+    first, *_ = make.write_many(folder, 5, size=(48, 40))
+    (folder / "copy.jpg").write_bytes(first.read_bytes())
+    scan(store, [folder], workers=1)
+    result = _run(store, calibrated)
+    assert (result.images, result.contents) == (6, 5)
+    (stored,) = _calibrators(store)
+    assert (stored.version, stored.source, stored.settings_key) == (1, "validation", None)
+    assert stored.params == CALIBRATOR.to_dict() and stored.examples == 200
+    drafts = _drafts(store)
+    assert len(drafts) == 12 and {d.calibrator_id for d in drafts} == {stored.id}
+    for d in drafts:  # best drafts and alternatives, the copy's too
+        assert d.p_accept == pytest.approx(_predicted(CALIBRATOR, d), abs=1e-12)
+        assert 0 < d.p_accept < 1 and d.p_accept != d.confidence
+    best = [d.p_accept for d in drafts if d.rank == 0]
+    assert result.counts()["mean_p_accept"] == pytest.approx(sum(best) / len(best))
+    with store.session() as session:
+        assert session.scalar(select(CaptionRun.counts))["mean_p_accept"] == pytest.approx(
+            result.mean_p_accept
+        )
+    # the model is registered again by every run: its calibrator is kept once
+    _run(store, calibrated, settings=DecodeSettings(beam_size=1, max_len=8))
+    assert len(_calibrators(store)) == 1
+    assert {d.calibrator_id for d in _drafts(store)} == {stored.id}
+
+
+def test_a_calibrator_fitted_for_the_settings_beats_the_checkpoints(store, tmp_path, calibrated):
+    folder = tmp_path / "photos"
+    first, *_ = make.write_many(folder, 3, size=(48, 40))
+    scan(store, [folder], workers=1)
+    mine = Calibrator(**{**vars(CALIBRATOR), "bias": 1.5, "source": "reviews",
+                         "settings_key": SETTINGS.key()})  # fmt: skip
+    theirs = Calibrator(**{**vars(CALIBRATOR), "bias": -2.0, "source": "reviews",
+                           "settings_key": "other"})  # fmt: skip
+    with store.write() as session:
+        model_id = caption_store.register_model(
+            session, content_hash=calibrated.identity, name=calibrated.name, family="show-tell",
+            source=None, info=None, calibrator=calibrated.calibrator,
+        )  # fmt: skip
+        chosen = calibrator_store.add(session, model_id=model_id, calibrator=mine)
+        calibrator_store.add(session, model_id=model_id, calibrator=theirs)  # newer, elsewhere
+        chosen_id = chosen.id
+    _run(store, calibrated)
+    drafts = _drafts(store)
+    assert {d.calibrator_id for d in drafts} == {chosen_id}
+    assert all(d.p_accept == pytest.approx(_predicted(mine, d), abs=1e-12) for d in drafts)
+    # a refit after the run: an identical image captioned later gets the copies, scored anew
+    newer = Calibrator(**{**vars(mine), "bias": -0.5})
+    with store.write() as session:
+        newest_id = calibrator_store.add(session, model_id=model_id, calibrator=newer).id
+    (folder / "later").mkdir()
+    (folder / "later" / "copy.jpg").write_bytes(first.read_bytes())
+    scan(store, [folder], workers=1)
+    assert _run(store, calibrated).copied == 1
+    with store.session() as session:
+        copy_id = session.scalar(select(Image.id).where(Image.path == "later/copy.jpg"))
+    copies = [d for d in _drafts(store) if d.image_id == copy_id]
+    assert len(copies) == 2 and {d.calibrator_id for d in copies} == {newest_id}
+    assert all(d.p_accept == pytest.approx(_predicted(newer, d), abs=1e-12) for d in copies)

@@ -12,11 +12,11 @@ import time
 from contextlib import contextmanager
 
 import imagefactory as make
-from captionkit import tiny_checkpoint
+from captionkit import CALIBRATOR, tiny_checkpoint
 from sqlalchemy import func, select, text
 
 from labeler.scan import scan
-from labeler.store.models import Caption, CaptionClaim, CaptionRun
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, StoredCalibrator
 
 IMAGES = 40
 
@@ -31,10 +31,10 @@ def _worker(store_url: str, model, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def _prepare(store, tmp_path):
+def _prepare(store, tmp_path, calibrator=None):
     make.write_many(tmp_path / "photos", IMAGES, size=(48, 40))
     scan(store, [tmp_path / "photos"], workers=1)
-    return tiny_checkpoint(tmp_path / "tiny.pt")
+    return tiny_checkpoint(tmp_path / "tiny.pt", calibrator=calibrator)
 
 
 def _count(store, what):
@@ -107,7 +107,7 @@ def _one_draft_per_image(store) -> None:
 
 
 def test_two_workers_split_the_work_and_caption_each_image_once(store, store_url, tmp_path):
-    model = _prepare(store, tmp_path)
+    model = _prepare(store, tmp_path, calibrator=CALIBRATOR)  # both register it at once
     workers: list[subprocess.Popen] = []
     with _starting_line(store, workers):
         workers += [_worker(store_url, model), _worker(store_url, model)]
@@ -122,6 +122,10 @@ def test_two_workers_split_the_work_and_caption_each_image_once(store, store_url
     assert sum(done) == IMAGES  # nothing captioned twice
     assert min(done) > 0, f"one worker did all the work: {done}"
     assert _count(store, CaptionClaim) == 0
+    with store.session() as session:
+        (calibrator,) = session.execute(select(StoredCalibrator.id, StoredCalibrator.version)).all()
+        scored_by = set(session.scalars(select(Caption.calibrator_id)))
+    assert calibrator.version == 1 and scored_by == {calibrator.id}
 
 
 def _descendants(pid: int) -> set[int]:

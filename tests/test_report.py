@@ -155,6 +155,29 @@ def test_pages_hold_the_drafts_in_confidence_order_with_embedded_thumbnails(
         assert_self_contained(path.read_text(encoding="utf-8"))
 
 
+def test_pages_are_in_p_accept_order_by_default_and_cards_show_it(store, captioner, tmp_path):
+    build(store, captioner, tmp_path / "photos", n=5)
+    by_confidence = drafts(store)
+    with store.write() as session:  # a calibrator that ranks them the other way round
+        for i, row in enumerate(by_confidence):
+            values = {"p_accept": 0.9 - 0.2 * i}
+            session.execute(update(Caption).where(Caption.id == row.caption_id).values(**values))
+    expected = drafts(store, sort="p_accept")
+    assert [r.image_id for r in expected] == [r.image_id for r in reversed(by_confidence)]
+    result = write_report(store, tmp_path / "report.html", per_page=2, workers=0, thumb_size=0)
+    pages = [Page(p) for p in result.pages]
+    shown = [d for p in pages for d in p.drafts]
+    assert [int(d["data-image-id"]) for d in shown] == [r.image_id for r in expected]
+    assert [float(d["data-p-accept"]) for d in shown] == [round(r.p_accept, 6) for r in expected]
+    for row in expected:
+        assert f"<b>{row.p_accept:.3f}</b> p_accept &middot; {row.confidence:.3f} confidence" in (
+            pages[0].text + pages[1].text + pages[2].text
+        )
+    index = result.index.read_text(encoding="utf-8")
+    assert "<dt>sorted by</dt><dd>p_accept</dd>" in index and "<dt>mean p_accept</dt>" in index
+    assert f"<td>{expected[0].p_accept:.3f}</td><td>{expected[1].p_accept:.3f}</td>" in index
+
+
 def least_certain_mark(row) -> str:
     word, _ = row.least_certain
     index = row.least_certain_index

@@ -16,7 +16,7 @@ import imagefactory as make
 import pandas as pd
 import pytest
 from captionkit import tiny_checkpoint
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from labeler import readahead
@@ -29,7 +29,7 @@ from labeler.importer import import_reviews
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
 from labeler.scan import scan
-from labeler.stats import auroc, compute_stats, threshold_for, word_edit_distance
+from labeler.stats import SCORES, auroc, compute_stats, threshold_for, word_edit_distance
 from labeler.store import exports
 from labeler.store.exports import DraftFilter, iter_drafts
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
@@ -210,6 +210,94 @@ def test_stats_calibrate_confidence_against_reviews(drafted, tmp_path):
     assert stats.threshold == pytest.approx(rows[IMAGES // 2].confidence)
     assert stats.passed == IMAGES // 2
     assert sum(b.reviewed for b in stats.bands) == IMAGES
+
+
+def _rank_against_confidence(store) -> list:
+    """Give the best drafts a p_accept that ranks them the other way round from confidence,
+    as a calibrator might; returns the rows, in the new order (worst p_accept first)."""
+    rows = sorted(_rows(store), key=lambda r: r.confidence)
+    with store.write() as session:
+        for i, row in enumerate(rows):
+            session.execute(
+                update(Caption).where(Caption.id == row.caption_id)
+                .values(p_accept=0.95 - 0.1 * i)  # mid-band
+            )  # fmt: skip
+    return _rows(store)
+
+
+def test_exports_rank_by_p_accept_and_filter_on_it(drafted, tmp_path):
+    rows = _rank_against_confidence(drafted)
+    assert [r.p_accept for r in rows] == sorted(r.p_accept for r in rows)
+    assert [r.confidence for r in rows] == sorted((r.confidence for r in rows), reverse=True)
+    export_drafts(drafted, "csv", tmp_path / "d.csv")
+    frame = pd.read_csv(tmp_path / "d.csv", keep_default_na=False)
+    assert list(frame["image_id"]) == [r.image_id for r in rows]  # worst p_accept first
+    assert list(frame.columns).index("p_accept") + 1 == list(frame.columns).index("confidence")
+    assert list(frame["p_accept"]) == [r.p_accept for r in rows]
+    with drafted.session() as session:
+        descending = list(iter_drafts(session, DraftFilter(), sort="-p_accept"))
+        by_confidence = list(iter_drafts(session, DraftFilter(), sort="confidence"))
+    assert [r.image_id for r in descending] == [r.image_id for r in reversed(rows)]
+    assert [r.image_id for r in by_confidence] == [r.image_id for r in reversed(rows)]
+    middle = rows[IMAGES // 2].p_accept
+    assert {r.image_id for r in _rows(drafted, min_p_accept=middle)} == {
+        r.image_id for r in rows[IMAGES // 2 :]
+    }
+    between = _rows(drafted, max_p_accept=middle, min_p_accept=0.35)
+    assert [r.image_id for r in between] == [r.image_id for r in rows[2 : IMAGES // 2 + 1]]
+    with pytest.raises(InputError, match="--max-p-accept must be between 0 and 1"):
+        DraftFilter(max_p_accept=1.5)
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan"])
+def test_a_p_accept_bound_outside_0_1_is_a_one_line_error(drafted, tmp_path, bad):
+    runner = CliRunner()
+    for command in (["export", "-f", "csv", "-o", str(tmp_path / "x.csv")],
+                    ["report", "-o", str(tmp_path / "r.html")]):  # fmt: skip
+        done = runner.invoke(app, [*command, "--min-p-accept", bad, "--db", drafted.url])
+        assert done.exit_code == 1, done.output
+        assert done.stderr.strip().splitlines() == [
+            f"Error: --min-p-accept must be between 0 and 1, got {float(bad)}"
+        ]
+    assert not list(tmp_path.glob("x.csv*")) and not (tmp_path / "r.html").exists()
+
+
+def test_stats_measure_p_accept_and_every_signal_against_reviews(drafted, tmp_path):
+    rows = _rank_against_confidence(drafted)
+    lines = [json.dumps({"image_id": r.image_id,
+                         "outcome": "accepted" if i >= IMAGES // 2 else "rejected"})
+             for i, r in enumerate(rows)]  # fmt: skip
+    lines.append(json.dumps({"image_id": rows[0].image_id, "outcome": "skipped"}))
+    (tmp_path / "r.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    import_reviews(drafted, tmp_path / "r.jsonl")
+    stats = compute_stats(drafted, target=1.0)
+    assert set(stats.signal_auroc) == set(SCORES)
+    assert stats.auroc == stats.signal_auroc["p_accept"] == pytest.approx(1.0)
+    assert stats.signal_auroc["confidence"] == pytest.approx(0.0)  # ranked backwards
+    assert stats.threshold == pytest.approx(rows[IMAGES // 2].p_accept)  # a p_accept now
+    assert stats.passed == IMAGES // 2
+    assert sum(stats.histogram) == IMAGES
+    assert [b.drafts for b in stats.bands] == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    reviewed = [b for b in stats.bands if b.reviewed]
+    assert all(b.predicted == pytest.approx(rows[i].p_accept) for i, b in enumerate(reviewed))
+    assert [b.acceptance for b in reviewed] == [0.0] * (IMAGES // 2) + [1.0] * (IMAGES // 2)
+    expected_ece = sum(abs(r.p_accept - (i >= IMAGES // 2)) for i, r in enumerate(rows)) / IMAGES
+    assert stats.ece == pytest.approx(expected_ece)
+    assert stats.mean_p_accept == pytest.approx(sum(r.p_accept for r in rows) / IMAGES)
+    assert [(u.version, u.drafts) for u in stats.scored_by] == [(None, IMAGES)]
+    # a newer review that skips the draft leaves it out: a skip is no judgement
+    (tmp_path / "s.jsonl").write_text(lines[-1] + "\n")
+    import_reviews(drafted, tmp_path / "s.jsonl")
+    after = compute_stats(drafted, target=1.0)
+    assert sum(b.reviewed for b in after.bands) == IMAGES - 1 and after.outcomes["skipped"] == 1
+    assert after.bands[2].reviewed == 0 and after.auroc == pytest.approx(1.0)
+    text = CliRunner().invoke(app, ["stats", "--target", "1", "--db", drafted.url]).stdout
+    assert "Expected calibration error of p_accept" in text and "log_likelihood" in text
+    assert f"p_accept at or above {after.threshold:.3f}" in text
+    assert "confidence (no calibrator)" in text
+    data = json.loads(CliRunner().invoke(app, ["stats", "--json", "--db", drafted.url]).stdout)
+    assert data["ece"] == pytest.approx(after.ece) and set(data["signal_auroc"]) == set(SCORES)
+    assert data["bands"][9]["predicted"] == pytest.approx(rows[-1].p_accept)
 
 
 def test_score_helpers_on_known_answers():

@@ -15,7 +15,7 @@ from labeler.errors import StoreError
 from labeler.store import open_store, resolve_url
 from labeler.store.engine import create_engine_for
 from labeler.store.migrate import alembic_config, backup_sqlite, head_revision
-from labeler.store.models import Base, Caption, Dataset, Image, Model
+from labeler.store.models import Base, Caption, Dataset, Image, Model, StoredCalibrator
 
 EXPECTED_COLUMNS = {
     "datasets": ["id", "name", "root", "root_raw", "created_at"],
@@ -31,7 +31,12 @@ EXPECTED_COLUMNS = {
     "captions": [
         "id", "image_id", "model_id", "settings_key", "run_id", "rank", "text",
         "log_likelihood", "num_tokens", "confidence", "score", "token_logprobs", "margin",
-        "finished", "repeated_ngram", "has_unknown", "stale", "created_at",
+        "finished", "repeated_ngram", "has_unknown", "stale", "created_at", "p_accept",
+        "calibrator_id",
+    ],
+    "calibrators": [
+        "id", "model_id", "settings_key", "version", "source", "params", "auroc", "ece",
+        "examples", "created_at",
     ],
     "reviews": [
         "id", "image_id", "caption_id", "text", "outcome", "reviewer", "reviewed_at", "source",
@@ -66,6 +71,11 @@ def test_indexes_and_constraints_the_commands_rely_on(store):
     assert ("image_id", "model_id", "settings_key", "rank") in uniques
     indexed = {tuple(i["column_names"]) for i in inspector.get_indexes("captions")}
     assert ("confidence",) in indexed
+    assert ("model_id", "settings_key", "rank", "p_accept") in indexed
+    foreign = {fk["name"]: fk for fk in inspector.get_foreign_keys("captions")}
+    assert foreign["fk_captions_calibrator_id_calibrators"]["options"]["ondelete"] == "SET NULL"
+    uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("calibrators")}
+    assert ("model_id", "version") in uniques
     assert ("content_hash",) in {tuple(i["column_names"]) for i in inspector.get_indexes("images")}
 
 
@@ -102,6 +112,32 @@ def test_one_draft_per_image_model_settings_and_rank(store):
             -0.5, -0.5, -0.5,
         ]  # fmt: skip
         assert len(session.scalars(select(Caption)).all()) == 2
+
+
+def test_p_accept_defaults_to_confidence_and_outlives_its_calibrator(store):
+    with store.write() as session:
+        image = _image(session)
+        model = Model(content_hash="e" * 64, name="m", family="show-tell")
+        session.add(model)
+        session.flush()
+        calibrator = StoredCalibrator(model_id=model.id, version=1, source="validation",
+                                      params={}, examples=0)  # fmt: skip
+        session.add(calibrator)
+        session.flush()
+        plain = _draft(image.id, model.id, 0)  # written without p_accept: confidence stands in
+        scored = _draft(image.id, model.id, 1)
+        scored.p_accept, scored.calibrator_id = 0.25, calibrator.id
+        session.add_all([plain, scored])
+    with store.write() as session:
+        session.delete(session.get(StoredCalibrator, calibrator.id))
+    with store.session() as session:
+        rows = session.execute(
+            select(Caption.rank, Caption.p_accept, Caption.calibrator_id).order_by(Caption.rank)
+        ).all()
+    assert [tuple(r) for r in rows] == [(0, 0.6, None), (1, 0.25, None)]
+    with pytest.raises(IntegrityError), store.write() as session:
+        session.add(StoredCalibrator(model_id=model.id, version=1, source="guess", params={},
+                                     examples=0))  # fmt: skip
 
 
 def test_image_status_is_checked(store):
@@ -220,3 +256,86 @@ def test_a_store_from_0001_with_rows_upgrades_with_its_rows_intact(store_url, tm
         copy = sqlite3.connect(backups[0])
         assert copy.execute("SELECT id FROM images").fetchall() == [(7,)]
         assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+
+
+def _insert_drafted_rows(conn) -> None:
+    """A dataset, an image, a model, two drafts of it and a review naming the best one."""
+    conn.execute(
+        text(
+            "INSERT INTO datasets (id, name, root, root_raw, created_at) "
+            "VALUES (1, 'd', '/d', :raw, CURRENT_TIMESTAMP)"
+        ),
+        {"raw": b"/d"},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO images (id, dataset_id, path, path_raw, status, first_seen_at, "
+            "scanned_at) VALUES (7, 1, 'a.png', :raw, 'ok', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ),
+        {"raw": b"a.png"},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO models (id, content_hash, name, family, registered_at) "
+            "VALUES (3, :h, 'm', 'show-tell', CURRENT_TIMESTAMP)"
+        ),
+        {"h": "a" * 64},
+    )
+    for caption_id, rank, confidence in ((11, 0, 0.625), (12, 1, 0.3125)):
+        conn.execute(
+            text(
+                "INSERT INTO captions (id, image_id, model_id, settings_key, rank, text, "
+                "log_likelihood, num_tokens, confidence, score, token_logprobs, margin, "
+                "finished, repeated_ngram, has_unknown, stale, created_at) VALUES (:id, 7, 3, "
+                "'k', :rank, 'a cat', -1.5, 3, :confidence, -1.5, '[-0.5, -0.5, -0.5]', 0.25, "
+                ":t, :f, :f, :f, CURRENT_TIMESTAMP)"
+            ),
+            {"id": caption_id, "rank": rank, "confidence": confidence, "t": True, "f": False},
+        )
+    conn.execute(
+        text(
+            "INSERT INTO reviews (id, image_id, caption_id, outcome, fingerprint, imported_at) "
+            "VALUES (1, 7, 11, 'accepted', 'fp', CURRENT_TIMESTAMP)"
+        )
+    )
+
+
+def test_a_store_from_0002_with_drafts_upgrades_with_p_accept_equal_to_confidence(store_url):
+    engine = _store_at(store_url, "0002")
+    with engine.connect() as conn, conn.begin():
+        _insert_drafted_rows(conn)
+    engine.dispose()
+    upgraded = open_store(store_url)
+    with upgraded.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+        drafts = conn.execute(
+            text("SELECT id, confidence, p_accept, calibrator_id FROM captions ORDER BY id")
+        ).all()
+        assert [tuple(r) for r in drafts] == [(11, 0.625, 0.625, None), (12, 0.3125, 0.3125, None)]
+        # SQLite rebuilt the table: the review still names its draft, the checks still hold
+        assert conn.execute(text("SELECT caption_id FROM reviews")).scalar() == 11
+        assert conn.execute(text("SELECT count(*) FROM calibrators")).scalar() == 0
+    with pytest.raises(IntegrityError), upgraded.write() as session:
+        session.execute(text("UPDATE captions SET rank = -1 WHERE id = 12"))
+    with pytest.raises(IntegrityError), upgraded.write() as session:
+        session.execute(text("UPDATE captions SET p_accept = NULL WHERE id = 12"))
+    upgraded.dispose()
+
+
+def test_0003_downgrades_and_upgrades_again_with_its_rows(store_url):
+    engine = _store_at(store_url, "0002")
+    with engine.connect() as conn, conn.begin():
+        _insert_drafted_rows(conn)
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), "0003")
+    with engine.connect() as conn, conn.begin():
+        command.downgrade(alembic_config(conn), "0002")
+    with engine.connect() as conn:
+        columns = [c["name"] for c in inspect(conn).get_columns("captions")]
+        assert "p_accept" not in columns and "calibrators" not in inspect(conn).get_table_names()
+        assert conn.execute(text("SELECT caption_id FROM reviews")).scalar() == 11
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT p_accept FROM captions WHERE id = 11")).scalar() == 0.625
+    engine.dispose()

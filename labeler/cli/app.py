@@ -62,6 +62,12 @@ SettingsOption = Annotated[
 ]
 MinConfidenceOption = Annotated[float | None, typer.Option(help="Only drafts at least this.")]
 MaxConfidenceOption = Annotated[float | None, typer.Option(help="Only drafts at most this.")]
+MinPAcceptOption = Annotated[
+    float | None, typer.Option(help="Only drafts with p_accept at least this (0 to 1).")
+]
+MaxPAcceptOption = Annotated[
+    float | None, typer.Option(help="Only drafts with p_accept at most this (0 to 1).")
+]
 ReviewOption = Annotated[
     list[str] | None,
     typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),
@@ -73,18 +79,25 @@ PathOption = Annotated[str | None, typer.Option(help="Only paths matching this g
 StaleOption = Annotated[bool, typer.Option(help="Include drafts of changed images.")]
 LimitOption = Annotated[int | None, typer.Option(help="At most this many drafts.")]
 SortOption = Annotated[
-    str, typer.Option(help="confidence (worst first), -confidence, margin, path or id.")
+    str,
+    typer.Option(
+        help="p_accept (worst first), -p_accept, confidence, -confidence, margin, path or id."
+    ),
 ]
 
 
 def draft_filter(dataset=None, model=None, settings=None, min_confidence=None,
                  max_confidence=None, review=None, flagged=None, path=None,
-                 include_stale=False, limit=None):  # type: ignore[no-untyped-def]  # fmt: skip
+                 include_stale=False, limit=None, min_p_accept=None,
+                 max_p_accept=None):  # type: ignore[no-untyped-def]  # fmt: skip
+    """The DraftFilter of the shared options; a p_accept bound outside [0, 1] is an
+    InputError (one line, exit code 1)."""
     from labeler.store.exports import DraftFilter
 
     return DraftFilter(
         datasets=dataset or None, model=model, settings_key=settings,
-        min_confidence=min_confidence, max_confidence=max_confidence, review=review or None,
+        min_confidence=min_confidence, max_confidence=max_confidence,
+        min_p_accept=min_p_accept, max_p_accept=max_p_accept, review=review or None,
         flagged=flagged, path_glob=path, include_stale=include_stale, limit=limit,
     )  # fmt: skip
 

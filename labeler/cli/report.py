@@ -14,7 +14,9 @@ from labeler.cli.app import (
     JsonOption,
     LimitOption,
     MaxConfidenceOption,
+    MaxPAcceptOption,
     MinConfidenceOption,
+    MinPAcceptOption,
     ModelOption,
     PathOption,
     ReviewOption,
@@ -38,12 +40,14 @@ def report_cli(
     settings: SettingsOption = None,
     min_confidence: MinConfidenceOption = None,
     max_confidence: MaxConfidenceOption = None,
+    min_p_accept: MinPAcceptOption = None,
+    max_p_accept: MaxPAcceptOption = None,
     review: ReviewOption = None,
     flagged: FlaggedOption = None,
     path: PathOption = None,
     include_stale: StaleOption = False,
     limit: LimitOption = None,
-    sort: SortOption = "confidence",
+    sort: SortOption = "p_accept",
     n_best: Annotated[int, typer.Option(help="Drafts shown per image, the best included.")] = 3,
     per_page: Annotated[int, typer.Option(help="Drafts per page.")] = 200,
     thumb_size: Annotated[int, typer.Option(help="Thumbnail size in pixels; 0: none.")] = 160,
@@ -54,7 +58,7 @@ def report_cli(
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Write an HTML gallery of the drafts, worst confidence first, with charts.
+    """Write an HTML gallery of the drafts, worst p_accept first, with charts.
 
     The index (-o) links to pages in a folder beside it (report_files/ for report.html).
     The report opens offline; an existing one is kept unless --force.
@@ -62,7 +66,8 @@ def report_cli(
     from labeler.report import write_report
 
     spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
-                        flagged, path, include_stale, limit)  # fmt: skip
+                        flagged, path, include_stale, limit, min_p_accept,
+                        max_p_accept)  # fmt: skip
     store = open_store_for(db)
     with progress("Writing report", json_output) as report:
         result = write_report(

@@ -1,7 +1,8 @@
-"""`labeler export`, `labeler import` and `labeler stats`: the review loop."""
+"""`labeler export`, `labeler import`, `labeler stats` and `labeler calibrate`: the review loop."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,9 @@ from labeler.cli.app import (
     JsonOption,
     LimitOption,
     MaxConfidenceOption,
+    MaxPAcceptOption,
     MinConfidenceOption,
+    MinPAcceptOption,
     ModelOption,
     PathOption,
     ReviewOption,
@@ -51,11 +54,13 @@ def export_cli(
     settings: SettingsOption = None,
     min_confidence: MinConfidenceOption = None,
     max_confidence: MaxConfidenceOption = None,
+    min_p_accept: MinPAcceptOption = None,
+    max_p_accept: MaxPAcceptOption = None,
     review: ReviewOption = None,
     flagged: FlaggedOption = None,
     path: PathOption = None,
     include_stale: StaleOption = False,
-    sort: SortOption = "confidence",
+    sort: SortOption = "p_accept",
     limit: LimitOption = None,
     n_best: Annotated[int, typer.Option(help="Add the alternatives up to this rank.")] = 1,
     document_root: Annotated[
@@ -72,14 +77,15 @@ def export_cli(
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Write drafts (and their reviews) for reviewers, worst confidence first.
+    """Write drafts (and their reviews) for reviewers, worst p_accept first.
 
     Exports are written atomically; an existing file is kept unless --force.
     """
     from labeler.export import export_drafts
 
     spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
-                        flagged, path, include_stale, limit)  # fmt: skip
+                        flagged, path, include_stale, limit, min_p_accept,
+                        max_p_accept)  # fmt: skip
     result = export_drafts(
         open_store_for(db), fmt, output, spec=spec, sort=sort, n_best=n_best, force=force,
         document_root=document_root, url_prefix=url_prefix, ground_truth=ground_truth,
@@ -136,11 +142,16 @@ def stats_cli(
     target: Annotated[
         float, typer.Option(help="Acceptance rate the suggested threshold must keep.")
     ] = 0.95,
-    bins: Annotated[int, typer.Option(help="Confidence bands.")] = 10,
+    bins: Annotated[int, typer.Option(help="p_accept bands.")] = 10,
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Counts, a confidence histogram and, once reviews exist, calibration against them."""
+    """Counts, a p_accept histogram and, once reviews exist, calibration against them.
+
+    With reviews: acceptance per p_accept band against what p_accept predicted, its expected
+    calibration error, the AUROC of p_accept, confidence and every raw signal, and the lowest
+    p_accept that keeps the --target acceptance rate.
+    """
     from labeler.stats import compute_stats
 
     if not 0 < target <= 1 or bins < 1:
@@ -158,25 +169,83 @@ def stats_cli(
 def _render_stats(stats) -> None:  # type: ignore[no-untyped-def]
     console.print(f"Model {stats.model}, settings {stats.settings_key}: {stats.drafts} drafts, "
                   f"{stats.flagged} flagged", markup=False)  # fmt: skip
+    for usage in stats.scored_by:
+        console.print(f"  p_accept of {usage.drafts} drafts: {_scorer(usage)}", markup=False)
     top = max(stats.histogram or [1]) or 1
+    console.print("Drafts by p_accept:")
     for band, n in zip(stats.bands, stats.histogram, strict=True):
         bar = "█" * round(30 * n / top)
         console.print(f"  {band.low:.2f}-{band.high:.2f} {bar:<30} {n}", markup=False)
     if not any(b.reviewed for b in stats.bands):
         console.print("No reviews yet: export, review, then `labeler import` to calibrate.")
         return
-    table = Table("confidence", "drafts", "reviewed", "accepted", "mean edit distance", "BLEU-4")
+    table = Table("p_accept", "drafts", "reviewed", "predicted", "accepted",
+                  "mean edit distance", "BLEU-4")  # fmt: skip
     for b in stats.bands:
         if b.drafts:
             table.add_row(f"{b.low:.2f}-{b.high:.2f}", str(b.drafts), str(b.reviewed),
-                          _pct(b.acceptance), _num(b.mean_edit_distance), _num(b.bleu))  # fmt: skip
+                          _pct(b.predicted), _pct(b.acceptance), _num(b.mean_edit_distance),
+                          _num(b.bleu))  # fmt: skip
     console.print(table)
-    console.print(f"AUROC of confidence for acceptance: {_num(stats.auroc)}")
+    console.print(f"Expected calibration error of p_accept: {_num(stats.ece)}")
+    aurocs = Table("score", "AUROC for acceptance")
+    for name, value in stats.signal_auroc.items():
+        aurocs.add_row(name, _num(value))
+    console.print(aurocs)
     if stats.threshold is None:
-        console.print(f"No threshold keeps {stats.target:.0%} acceptance.")
+        console.print(f"No p_accept threshold keeps {stats.target:.0%} acceptance.")
     else:
-        console.print(f"Drafts at or above {stats.threshold:.3f} were accepted unchanged at least "
-                      f"{stats.target:.0%} of the time: {stats.passed} drafts pass.")  # fmt: skip
+        console.print(f"Drafts with p_accept at or above {stats.threshold:.3f} were accepted "
+                      f"unchanged at least {stats.target:.0%} of the time: {stats.passed} "
+                      "drafts pass.")  # fmt: skip
+
+
+def _scorer(usage) -> str:  # type: ignore[no-untyped-def]
+    if usage.version is None:
+        return "confidence (no calibrator)"
+    fitted = "any settings" if usage.settings_key is None else f"settings {usage.settings_key}"
+    return (f"calibrator v{usage.version} ({usage.source}, {fitted}, {usage.examples} examples, "
+            f"cross-validated AUROC {_num(usage.auroc)})")  # fmt: skip
+
+
+@app.command("calibrate")
+def calibrate_cli(
+    model: ModelOption = None,
+    settings: SettingsOption = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds for the AUROC and ECE.")] = 5,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Fit and print; store nothing, rescore nothing.")
+    ] = False,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Refit p_accept on the reviews and rescore every draft of the model and settings.
+
+    Fits on the best drafts that have a review (accepted unchanged against edited or
+    rejected; skipped ones left out), stores the calibrator as the model's next version and
+    recomputes p_accept for all its drafts with these settings, all or nothing.
+    """
+    from labeler.calibrate import calibrate
+
+    result = calibrate(open_store_for(db), model=model, settings_key=settings, folds=folds,
+                       dry_run=dry_run)  # fmt: skip
+    if json_output:
+        print_json(asdict(result))
+        return
+    console.print(f"Model {result.model}, settings {result.settings_key}: fitted on "
+                  f"{result.examples} reviewed drafts ({result.positives} accepted unchanged), "
+                  f"{result.folds} folds", markup=False)  # fmt: skip
+    table = Table("score", "AUROC for acceptance")
+    for name, value in result.signal_auroc.items():
+        table.add_row(name, _num(value))
+    table.add_row("calibrator (cross-validated)", _num(result.auroc), style="bold")
+    console.print(table)
+    console.print(f"Expected calibration error (cross-validated): {_num(result.ece)}")
+    if result.dry_run:
+        console.print("Dry run: nothing stored.")
+    else:
+        console.print(f"Stored as calibrator v{result.version}; p_accept of {result.rescored} "
+                      "drafts recomputed.")  # fmt: skip
 
 
 def _pct(value: float | None) -> str:

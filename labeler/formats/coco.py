@@ -2,7 +2,7 @@
 
 Results are a bare list with exactly one {"image_id", "caption"} per image: the COCO caption
 scorers break on two results for one image, so when rows repeat an image (several models or
-decoding settings) the draft with the highest confidence wins, the first one on a tie.
+decoding settings) the draft with the highest p_accept wins, the first one on a tie.
 
 The ground truth holds the reviewed captions: accepted drafts as they were, edited ones as the
 reviewer wrote them; rejected, skipped and unreviewed drafts have no reference and are left
@@ -89,8 +89,8 @@ def write_coco(
     with atomic_outputs(dests, force=force) as outs:
         for row in rows:
             kept = best.get(row.image_id)
-            if kept is None or row.confidence > kept[0]:
-                best[row.image_id] = (row.confidence, row.text)
+            if kept is None or row.p_accept > kept[0]:
+                best[row.image_id] = (row.p_accept, row.text)
             if truth is not None:
                 truth.add(row)
         if truth is not None:

@@ -2,8 +2,9 @@
 
 The layout follows CVAT's own dumper (cvat/apps/dataset_manager/formats/cvat.py) and the XML
 format page: <annotations><version>1.1</version><meta><task>...<labels>, then one <image> per
-draft. The label `caption` is a tag label with two text attributes, `text` (the draft) and
-`confidence`, so the reviewer sees how sure the model was. Tags are `source="auto"`: they are
+draft. The label `caption` is a tag label with three text attributes, `text` (the draft),
+`p_accept` and `confidence`, so the reviewer sees how likely the draft is to be right and how
+sure the model was. Tags are `source="auto"`: they are
 pre-annotations, not a person's work.
 
 CVAT matches an <image> to a task frame by its name (the path relative to the dataset root,
@@ -27,7 +28,7 @@ from labeler.formats.atomic import atomic_output
 from labeler.formats.rows import ExportResult, ExportRow
 
 LABEL = "caption"
-ATTRIBUTES = ("text", "confidence")
+ATTRIBUTES = ("text", "p_accept", "confidence")
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _ATTR_ENTITIES = {"\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
 
@@ -74,6 +75,7 @@ def image_element(row: ExportRow, index: int) -> str:
         f'  <image id="{index}" name={_attr(row.path)}{size}>\n'
         f'    <tag label="{LABEL}" source="auto">\n'
         f'      <attribute name="text">{_text(row.text)}</attribute>\n'
+        f'      <attribute name="p_accept">{row.p_accept:.6f}</attribute>\n'
         f'      <attribute name="confidence">{row.confidence:.6f}</attribute>\n'
         "    </tag>\n  </image>\n"
     )

@@ -7,10 +7,10 @@ names that folder (typically the dataset root, or the common root of several dat
 image outside it is an error naming the image. The writer cannot choose the folder itself,
 because the common root is only known after the last row and the rows are streamed.
 
-Columns: file_name, the draft as `caption` with its confidence and log-likelihood, the ids
-to trace a row back, and the review (`reviewed_caption`, `outcome`, null when none). Images
-in the folder without a line are simply not part of the dataset; a repeated image gives a
-repeated example, as `datasets` does with any metadata.
+Columns: file_name, the draft as `caption` with its p_accept, confidence and log-likelihood,
+the ids to trace a row back, and the review (`reviewed_caption`, `outcome`, null when none).
+Images in the folder without a line are simply not part of the dataset; a repeated image gives
+a repeated example, as `datasets` does with any metadata.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def metadata(row: ExportRow, root: Path) -> dict[str, Any]:
     return {
         "file_name": file_name,
         "caption": row.text,
+        "p_accept": row.p_accept,
         "confidence": row.confidence,
         "log_likelihood": row.log_likelihood,
         "num_tokens": row.num_tokens,

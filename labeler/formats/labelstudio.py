@@ -6,8 +6,10 @@ the image URL and everything `labeler import` needs to match the task back witho
 Studio's own ids: image_id, path, content_hash, caption_id, and the draft itself
 (`draft_caption`, so that accepted-unchanged can be told from edited). No data key is named
 `caption`: Label Studio's CSV export would rename a data key that collides with the control's
-column. Every draft is a prediction whose `score` is the confidence; n-best alternatives are
-further predictions of the same model version, best first, each with its own score.
+column. Every draft is a prediction whose `score` is its p_accept (the calibrated probability
+that it is accepted unchanged, which Label Studio sorts and filters tasks by; `data` carries it
+too, beside the raw confidence); n-best alternatives are further predictions of the same model
+version, best first, each with its own score.
 
 The two files are staged together and renamed at the end (`atomic_outputs`).
 
@@ -83,8 +85,8 @@ def image_url(row: ExportRow, *, document_root: Path | None, url_prefix: str | N
     return LOCAL_FILES + quote(relative.as_posix())
 
 
-def _prediction(row: ExportRow, rank: int, text: str, confidence: float) -> dict[str, Any]:
-    score = finite_or_none(confidence)
+def _prediction(row: ExportRow, rank: int, text: str, p_accept: float) -> dict[str, Any]:
+    score = finite_or_none(p_accept)
     result = {
         "id": f"c{rank}",
         "from_name": CONTROL,
@@ -94,7 +96,8 @@ def _prediction(row: ExportRow, rank: int, text: str, confidence: float) -> dict
     }
     return {
         "model_version": row.model_version,
-        # Label Studio refuses a score outside [0, 1]; rounding can push exp(0) a hair over.
+        # Label Studio refuses a score outside [0, 1]; where confidence stands in for p_accept,
+        # rounding can push exp(0) a hair over.
         "score": None if score is None else min(max(score, 0.0), 1.0),
         "result": [result],
     }
@@ -111,12 +114,13 @@ def task(row: ExportRow, url: str) -> dict[str, Any]:
         "content_hash": row.content_hash,
         "caption_id": row.caption_id,
         "draft_caption": row.text,
+        "p_accept": row.p_accept,
         "confidence": row.confidence,
         "log_likelihood": row.log_likelihood,
         "least_certain_word": least[0] if least else None,
     }
-    predictions = [_prediction(row, 0, row.text, row.confidence)]
-    predictions += [_prediction(row, a.rank, a.text, a.confidence) for a in row.alternatives]
+    predictions = [_prediction(row, 0, row.text, row.p_accept)]
+    predictions += [_prediction(row, a.rank, a.text, a.p_accept) for a in row.alternatives]
     return {"data": data, "predictions": predictions}
 
 

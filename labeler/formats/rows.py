@@ -8,7 +8,7 @@ likewise the outcome rules and field checks live here once for every import form
 
 The store hands the rows over a chunk at a time, column by column (`DraftChunk`): a million
 rows must flow at tens of thousands a second, and the CSV and JSON writers format a column with
-one C-level call where building a row object and reading back its 25 fields cost more than
+one C-level call where building a row object and reading back its 26 fields cost more than
 the formatting itself. Any iterable of `ExportRow`s still works (`draft_chunks` groups it).
 """
 
@@ -43,13 +43,14 @@ class Alternative:
     log_likelihood: float
     num_tokens: int
     confidence: float
+    p_accept: float  # calibrated P(accepted unchanged); confidence when no calibrator
 
 
 @dataclass
 class ExportRow:
     """One draft caption of one image, with its review if there is one.
 
-    Not frozen: a frozen dataclass sets each of these 25 fields through object.__setattr__, four
+    Not frozen: a frozen dataclass sets each of these 26 fields through object.__setattr__, four
     times the cost of building the row, and an export builds a million of them. Writers treat
     rows as read-only all the same."""
 
@@ -68,6 +69,7 @@ class ExportRow:
     log_likelihood: float
     num_tokens: int
     confidence: float
+    p_accept: float  # calibrated P(a reviewer accepts it unchanged); confidence without one
     token_logprobs: list[float]  # the words, then the end token when finished
     margin: float | None
     finished: bool
@@ -150,6 +152,7 @@ class DraftChunk:
     log_likelihood: Sequence[float]
     num_tokens: Sequence[int]
     confidence: Sequence[float]
+    p_accept: Sequence[float]
     token_logprobs: Sequence[list[float]]
     margin: Sequence[float | None]
     finished: Sequence[bool]

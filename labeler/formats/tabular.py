@@ -3,8 +3,8 @@
 All three share one record layout (`columns`), so a reviewer can use whichever their tool opens
 and `labeler import` reads them back the same way. The reviewer-facing columns come first:
 the draft, an empty `reviewed_caption` and an empty `outcome` beside it (filled when a review
-already exists), then the confidence. The ids used to match the file back to the store
-(image_id, path, content_hash, caption_id) ride along.
+already exists), then the calibrated `p_accept` and the raw confidence. The ids used to match
+the file back to the store (image_id, path, content_hash, caption_id) ride along.
 
 CSV choices, for spreadsheets: UTF-8 with a byte-order mark, because Excel reads a CSV without
 one in the local code page and mangles every accent (pandas and the csv module skip the mark);
@@ -51,6 +51,7 @@ from labeler.formats.rows import (
 REVIEW_COLUMNS = ("reviewed_caption", "outcome")
 LEADING = ("image_id", "dataset", "path", "draft_caption", *REVIEW_COLUMNS)
 SCORES = (
+    "p_accept",
     "confidence",
     "least_certain_word",
     "least_certain_logprob",
@@ -82,7 +83,7 @@ def columns(n_best: int = 1) -> list[str]:
     alternatives = [
         f"alt{i}_{name}"
         for i in range(1, max(n_best, 1))
-        for name in ("caption", "confidence", "log_likelihood")
+        for name in ("caption", "p_accept", "confidence", "log_likelihood")
     ]
     return [*LEADING, *SCORES, *alternatives, *TRAILING]
 
@@ -115,6 +116,7 @@ def record_columns(chunk: DraftChunk, n_alternatives: int, cells: _Cells) -> lis
         text(chunk.text),
         text(chunk.review_text),
         text(chunk.review_outcome),
+        number(chunk.p_accept),
         number(chunk.confidence),
         text(words),
         number(lowest),
@@ -131,6 +133,7 @@ def record_columns(chunk: DraftChunk, n_alternatives: int, cells: _Cells) -> lis
         alternatives = [alts[i] if i < len(alts) else None for alts in chunk.alternatives]
         record += (
             text([alt and alt.text for alt in alternatives]),
+            number([alt and alt.p_accept for alt in alternatives]),
             number([alt and alt.confidence for alt in alternatives]),
             number([alt and alt.log_likelihood for alt in alternatives]),
         )
@@ -168,7 +171,7 @@ def logprobs_text(logprobs: list[float]) -> str:
 
     They are there to show which word the model was unsure of, and 1e-4 nats is finer than
     anyone reads; the full-precision repr of a dozen floats was a third of the cost of a row.
-    (log_likelihood, confidence and the least certain log-probability are kept in full.)
+    (log_likelihood, p_accept, confidence and the least certain log-probability are kept in full.)
     """
     template = _LOGPROBS_FORMATS.get(len(logprobs))
     if template is None:

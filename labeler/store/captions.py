@@ -6,7 +6,8 @@ upwards from a cursor (each query touches one batch, whatever the store's size),
 one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at < now RETURNING`, which succeeds for a
 hash nobody holds or whose lease ran out (a crashed worker's), and write a batch's drafts and drop
 its leases in one transaction. A draft is replaced, never duplicated: the unique constraint on
-(image, model, settings, rank) backs that up.
+(image, model, settings, rank) backs that up. Every draft is written with its p_accept, scored
+by the calibrator current when it is written (store/calibrators.py), copies included.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from labeler.calibration import Calibrator
 from labeler.model.drafts import ImageDrafts
+from labeler.store import calibrators
 from labeler.store.models import (
     Caption,
     CaptionClaim,
@@ -46,10 +49,11 @@ class Work:
 
 def register_model(
     session: Session, *, content_hash: str, name: str, family: str, source: str | None,
-    info: dict[str, Any] | None,
+    info: dict[str, Any] | None, calibrator: Calibrator | None = None,
 ) -> int:  # fmt: skip
-    """The model's id, registering it first; safe when several workers start at once (the
-    insert waits for a concurrent one and then does nothing)."""
+    """The model's id, registering it (and its checkpoint's calibrator) first; safe when
+    several workers start at once (the insert waits for a concurrent one and then does
+    nothing)."""
     connection = session.connection()
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     connection.execute(
@@ -58,7 +62,10 @@ def register_model(
                 registered_at=utcnow())
         .on_conflict_do_nothing(index_elements=["content_hash"])
     )  # fmt: skip
-    return session.scalar(select(Model.id).where(Model.content_hash == content_hash))
+    model_id = session.scalar(select(Model.id).where(Model.content_hash == content_hash))
+    if calibrator is not None:
+        calibrators.register_validation(session, model_id=model_id, calibrator=calibrator)
+    return model_id
 
 
 def start_run(
@@ -245,11 +252,14 @@ def work_for(
 
 
 def copy_known_drafts(
-    session: Session, *, model_id: int, settings_key: str, work: Sequence[Work], run_id: int
-) -> set[str]:
-    """Give images the drafts another image with the same content already has; returns the
-    hashes so served, which need no model call."""
+    session: Session, *, model_id: int, settings_key: str, work: Sequence[Work], run_id: int,
+    scoring: calibrators.Scoring,
+) -> set[str]:  # fmt: skip
+    """Give images the drafts another image with the same content already has, scored anew;
+    returns the hashes so served, which need no model call."""
     served = set()
+    image_ids: list[int] = []
+    rows: list[dict[str, Any]] = []
     for item in work:
         donor = session.scalar(
             select(Caption.image_id)
@@ -267,9 +277,11 @@ def copy_known_drafts(
             .where(Caption.settings_key == settings_key)
             .order_by(Caption.rank)
         ).all()
-        rows = [_copy(d, image_id, run_id) for image_id in item.image_ids for d in drafts]
-        _replace(session, model_id, settings_key, item.image_ids, rows)
+        rows += [_copy(d, image_id, run_id) for image_id in item.image_ids for d in drafts]
+        image_ids += item.image_ids
         served.add(item.content_hash)
+    scoring.score(rows)
+    _replace(session, model_id, settings_key, image_ids, rows)
     return served
 
 
@@ -281,20 +293,25 @@ def _copy(draft: Caption, image_id: int, run_id: int) -> dict[str, Any]:
 
 def save_drafts(
     session: Session, *, model_id: int, settings_key: str, run_id: int,
-    results: Sequence[tuple[Work, ImageDrafts]], now: dt.datetime,
-) -> int:  # fmt: skip
-    """Write the n-best drafts of each hash to every image that carries it; returns rows."""
+    results: Sequence[tuple[Work, ImageDrafts]], now: dt.datetime, scoring: calibrators.Scoring,
+) -> list[float]:  # fmt: skip
+    """Write the n-best drafts of each hash, scored, to every image that carries it; returns
+    the p_accept of each result's best draft."""
+    scored = [_row(None, model_id, settings_key, run_id, rank, d, drafts.margin, now)
+              for _, drafts in results for rank, d in enumerate(drafts.drafts)]  # fmt: skip
+    scoring.score(scored)  # once per content: its images get copies of these rows
     rows: list[dict[str, Any]] = []
     image_ids: list[int] = []
+    best: list[float] = []
+    start = 0
     for item, drafts in results:
+        mine = scored[start : start + len(drafts.drafts)]
+        start += len(drafts.drafts)
+        best.append(mine[0]["p_accept"])
         image_ids.extend(item.image_ids)
-        for image_id in item.image_ids:
-            rows.extend(
-                _row(image_id, model_id, settings_key, run_id, rank, d, drafts.margin, now)
-                for rank, d in enumerate(drafts.drafts)
-            )
+        rows += [{**row, "image_id": image_id} for image_id in item.image_ids for row in mine]
     _replace(session, model_id, settings_key, image_ids, rows)
-    return len(rows)
+    return best
 
 
 def _replace(session, model_id, settings_key, image_ids, rows) -> None:  # type: ignore[no-untyped-def]

@@ -11,9 +11,11 @@ already in order. A million rows must flow at tens of thousands a second, which 
   array on PostgreSQL), not as a correlated subquery per row, which cost a third of the query
   (the review join is kept only to filter by review state).
 - The log-probabilities are read as JSON text and parsed by orjson, six times faster than json.
-- A walk along the confidence index visits the table in random order, a page read per row:
-  reading it in storage order and sorting is nearly twice as fast for a whole dataset. SQLite
-  is kept off that index with unary + (unless a limit or a confidence bound asks for few rows);
+- The default order is p_accept, worst first (the calibrated score; `confidence` where no
+  calibrator scored the drafts); the raw confidence and margin orders stay available.
+- A walk along the p_accept or confidence index visits the table in random order, a page read
+  per row: reading it in storage order and sorting is nearly twice as fast for a whole dataset.
+  SQLite is kept off those indexes with unary + (unless a limit or a bound asks for few rows);
   PostgreSQL is told that every row of the cursor will be read, and chooses the sort itself.
 Memory stays flat whatever the number of rows.
 """
@@ -57,7 +59,10 @@ from labeler.formats.rows import CHUNK_SIZE, Alternative, DraftChunk, ExportRow
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
 
 REVIEW_STATES = ("unreviewed", "reviewed", "accepted", "edited", "rejected", "skipped")
+DEFAULT_SORT = "p_accept"
 SORTS = {
+    "p_accept": (Caption.p_accept, Image.id),
+    "-p_accept": (desc(Caption.p_accept), Image.id),
     "confidence": (Caption.confidence, Image.id),
     "-confidence": (desc(Caption.confidence), Image.id),
     "margin": (Caption.margin, Image.id),
@@ -73,6 +78,8 @@ def _unindexed(column):  # type: ignore[no-untyped-def]
 
 # The same orders, with the caption columns out of the planner's reach (see the module docstring).
 SCAN_SORTS = {
+    "p_accept": (_unindexed(Caption.p_accept), Image.id),
+    "-p_accept": (desc(_unindexed(Caption.p_accept)), Image.id),
     "confidence": (_unindexed(Caption.confidence), Image.id),
     "-confidence": (desc(_unindexed(Caption.confidence)), Image.id),
     "margin": (_unindexed(Caption.margin), Image.id),
@@ -90,11 +97,26 @@ class DraftFilter:
     settings_key: str | None = None  # None: the newest run's settings for that model
     min_confidence: float | None = None
     max_confidence: float | None = None
+    min_p_accept: float | None = None  # in [0, 1]
+    max_p_accept: float | None = None
     review: Sequence[str] | None = None  # of REVIEW_STATES
     flagged: bool | None = None  # True: only degenerate drafts; False: only the others
     path_glob: str | None = None  # matched against the path relative to the dataset root
     include_stale: bool = False
     limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_p_accept", "max_p_accept"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+                option = "--" + name.replace("_", "-")
+                raise InputError(f"{option} must be between 0 and 1, got {value}")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a score bound may leave few rows (worth walking an index for)."""
+        bounds = (self.min_confidence, self.max_confidence, self.min_p_accept, self.max_p_accept)
+        return any(bound is not None for bound in bounds)
 
 
 @dataclass(frozen=True)
@@ -145,7 +167,7 @@ def latest_review(name: str = "latest_review"):  # type: ignore[no-untyped-def]
 # The columns of a draft query's rows, in order (DraftStream turns them into DraftChunks).
 DRAFT_COLUMNS = (
     Caption.id, Caption.text, Caption.log_likelihood, Caption.num_tokens, Caption.confidence,
-    cast(Caption.token_logprobs, Text),  # the JSON text, for orjson to parse
+    Caption.p_accept, cast(Caption.token_logprobs, Text),  # the JSON text, for orjson to parse
     Caption.margin, Caption.finished, Caption.repeated_ngram, Caption.has_unknown,
     Image.id, Image.path, Image.path_raw, Image.content_hash, Image.width, Image.height,
     Image.dataset_id,
@@ -155,7 +177,7 @@ DRAFT_COLUMNS = (
 def draft_query(
     session: Session, spec: DraftFilter, chosen: Selection, sort: str, *, scan: bool = False
 ) -> Select:
-    """The drafts' query (DRAFT_COLUMNS); `scan`: keep SQLite off the confidence indexes."""
+    """The drafts' query (DRAFT_COLUMNS); `scan`: keep SQLite off the score indexes."""
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
     model_id = _unindexed(Caption.model_id) if scan else Caption.model_id
@@ -189,6 +211,10 @@ def _conditions(session: Session, spec: DraftFilter, review) -> list:  # type: i
         conditions.append(Caption.confidence >= spec.min_confidence)
     if spec.max_confidence is not None:
         conditions.append(Caption.confidence <= spec.max_confidence)
+    if spec.min_p_accept is not None:
+        conditions.append(Caption.p_accept >= spec.min_p_accept)
+    if spec.max_p_accept is not None:
+        conditions.append(Caption.p_accept <= spec.max_p_accept)
     if spec.flagged is not None:
         degenerate = or_(
             Caption.finished.is_(False), Caption.repeated_ngram.is_(True),
@@ -226,7 +252,7 @@ def _glob_to_like(pattern: str) -> str:
 
 
 def iter_drafts(
-    session: Session, spec: DraftFilter, *, sort: str = "confidence", n_best: int = 1
+    session: Session, spec: DraftFilter, *, sort: str = DEFAULT_SORT, n_best: int = 1
 ) -> DraftStream:
     """Every draft the filter selects, as ExportRows in the sort order, streamed.
 
@@ -244,7 +270,7 @@ class DraftStream:
 
     session: Session
     spec: DraftFilter
-    sort: str = "confidence"
+    sort: str = DEFAULT_SORT
     n_best: int = 1
 
     def __iter__(self) -> Iterator[ExportRow]:
@@ -255,7 +281,7 @@ class DraftStream:
         session, spec = self.session, self.spec
         chosen = resolve(session, spec)
         scan = session.get_bind().dialect.name == "sqlite" and spec.limit is None
-        scan = scan and spec.min_confidence is None and spec.max_confidence is None
+        scan = scan and not spec.bounded
         query = draft_query(session, spec, chosen, self.sort, scan=scan)
         found = session.execute(select(Dataset.id, Dataset.name, Dataset.root_raw))
         datasets = {id_: (name, os.path.join(bytes(root), b"")) for id_, name, root in found}
@@ -294,8 +320,8 @@ def _cursor(session: Session, query: Select) -> Iterator[Any]:
 def _chunk(  # type: ignore[type-arg]
     session: Session, chosen: Selection, rows: list, datasets: dict, n_best: int
 ) -> DraftChunk:
-    (caption_id, text, log_likelihood, num_tokens, confidence, logprobs, margin, finished,
-     repeated, unknown, image_id, path, path_raw, content_hash, width, height,
+    (caption_id, text, log_likelihood, num_tokens, confidence, p_accept, logprobs, margin,
+     finished, repeated, unknown, image_id, path, path_raw, content_hash, width, height,
      dataset_id) = zip(*rows, strict=True)  # fmt: skip
     n = len(rows)
     reviews = _reviews(session, image_id)
@@ -311,7 +337,8 @@ def _chunk(  # type: ignore[type-arg]
         width=width, height=height, model_name=[chosen.model_name] * n,
         model_hash=[chosen.model_hash] * n, settings_key=[chosen.settings_key] * n,
         caption_id=caption_id, text=text, log_likelihood=log_likelihood, num_tokens=num_tokens,
-        confidence=confidence, token_logprobs=_parse_logprobs(logprobs), margin=margin,
+        confidence=confidence, p_accept=p_accept, token_logprobs=_parse_logprobs(logprobs),
+        margin=margin,
         finished=list(map(bool, finished)), repeated_ngram=list(map(bool, repeated)),
         has_unknown=list(map(bool, unknown)),
         alternatives=[alternatives.get(i, ()) for i in image_id] if alternatives else [()] * n,
@@ -378,7 +405,7 @@ def _alternatives(
     among, params = _among_ids(session, Caption.image_id, image_ids)
     rows = session.execute(
         select(Caption.image_id, Caption.rank, Caption.text, Caption.log_likelihood,
-               Caption.num_tokens, Caption.confidence)
+               Caption.num_tokens, Caption.confidence, Caption.p_accept)
         .where(among, Caption.model_id == chosen.model_id)
         .where(Caption.settings_key == chosen.settings_key)
         .where(and_(Caption.rank > 0, Caption.rank < n_best))

@@ -13,6 +13,10 @@ Design choices a reader would otherwise have to reverse-engineer:
   `caption_runs` records each execution of the caption job with its settings, counts and timings.
 - Confidence fields are stored raw (`log_likelihood`, `num_tokens`) next to the derived
   `confidence`, so any other score can be recomputed without decoding again.
+- `p_accept` is the calibrated score every ranking uses, written with the draft by the calibrator
+  `calibrator_id` names (`calibrators`: versions per model, fitted on the checkpoint's validation
+  split or on the store's reviews); NULL there means `confidence` stood in. A writer that leaves
+  p_accept out gets that stand-in (the column's default copies `confidence`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ NAMING_CONVENTION = {
 IMAGE_STATUSES = ("ok", "unreadable", "unsupported", "too_large", "missing")
 RUN_STATUSES = ("running", "completed", "interrupted", "failed")
 REVIEW_OUTCOMES = ("accepted", "edited", "rejected", "skipped")
+CALIBRATOR_SOURCES = ("validation", "reviews")
 
 
 def utcnow() -> dt.datetime:
@@ -130,12 +135,40 @@ class CaptionRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+def _confidence_stands_in(context: Any) -> float:
+    """p_accept's default: the draft's own confidence (no calibrator)."""
+    return context.get_current_parameters()["confidence"]
+
+
+class StoredCalibrator(Base):
+    """A calibrator (labeler.calibration.Calibrator) kept for a model: version 1 is usually the
+    checkpoint's (any settings), later ones fitted on reviews of one decoding settings."""
+
+    __tablename__ = "calibrators"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        CheckConstraint(_in("source", CALIBRATOR_SOURCES), name="source"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    settings_key: Mapped[str | None] = mapped_column(String(32))  # None: fitted for any settings
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per model
+    source: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # Calibrator.to_dict()
+    auroc: Mapped[float | None] = mapped_column(Float)  # out of fold, for acceptance/rightness
+    ece: Mapped[float | None] = mapped_column(Float)
+    examples: Mapped[int] = mapped_column(Integer)  # judged drafts it was fitted on
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Caption(Base):
     __tablename__ = "captions"
     __table_args__ = (
         UniqueConstraint("image_id", "model_id", "settings_key", "rank"),
         Index(None, "confidence"),
         Index(None, "model_id", "settings_key", "rank", "confidence"),
+        Index(None, "model_id", "settings_key", "rank", "p_accept"),
         CheckConstraint("rank >= 0", name="rank"),
         CheckConstraint("num_tokens >= 0", name="num_tokens"),
     )
@@ -151,6 +184,11 @@ class Caption(Base):
     log_likelihood: Mapped[float] = mapped_column(Float)
     num_tokens: Mapped[int] = mapped_column(Integer)  # words, plus the end token when finished
     confidence: Mapped[float] = mapped_column(Float)  # exp(log_likelihood / num_tokens)
+    # P(a reviewer accepts the draft unchanged), from the calibrator below; confidence without one.
+    p_accept: Mapped[float] = mapped_column(Float, default=_confidence_stands_in)
+    calibrator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("calibrators.id", ondelete="SET NULL")
+    )
     score: Mapped[float] = mapped_column(Float)  # the beam's ranking score (length penalty)
     token_logprobs: Mapped[list[float]] = mapped_column(JSON)
     margin: Mapped[float | None] = mapped_column(Float)  # best against second, same per image

@@ -29,13 +29,14 @@ def reviewed_rows():
     one = make_row(1, text="a dog")
     return [
         replace(one, review_outcome="accepted", review_text="a dog"),
-        # the same image drafted by a second model, with a higher confidence
+        # the same image drafted by a second model, with a higher p_accept (a lower confidence)
         replace(
             one,
             model_name="other",
             caption_id=5,
             text="a dog running",
-            confidence=0.99,
+            confidence=0.01,
+            p_accept=0.99,
             review_outcome="accepted",
         ),
         replace(make_row(2), review_outcome="edited", review_text='a "cat", asleep'),
@@ -61,7 +62,7 @@ def test_results_and_ground_truth_load_together(tmp_path):
     res = load_res(gt, results)
     assert sorted(res.getImgIds()) == [1, 2, 6]
     by_image = {a["image_id"]: a["caption"] for a in res.dataset["annotations"]}
-    assert by_image[1] == "a dog running"  # one result per image: the most confident draft
+    assert by_image[1] == "a dog running"  # one result per image: the highest p_accept
 
 
 def test_results_alone_hold_one_best_draft_per_image(tmp_path):

@@ -29,7 +29,7 @@ def test_structure_and_escaping(tmp_path):
         a.find("name").text: a.find("input_type").text
         for a in label.findall("attributes/attribute")
     }
-    assert attributes == {"text": "text", "confidence": "text"}
+    assert attributes == {"text": "text", "p_accept": "text", "confidence": "text"}
 
     images = root.findall("image")
     assert [i.get("id") for i in images] == ["0", "1"]
@@ -41,6 +41,7 @@ def test_structure_and_escaping(tmp_path):
     values = {a.get("name"): a.text for a in tag.findall("attribute")}
     assert values["text"] == NASTY.replace("\x01", "\ufffd")  # XML 1.0 cannot hold \x01
     assert float(values["confidence"]) == round(rows[0].confidence, 6)
+    assert float(values["p_accept"]) == round(rows[0].p_accept, 6)
 
 
 def test_attribute_newlines_survive(tmp_path):

@@ -38,6 +38,7 @@ def test_datasets_imagefolder_reads_the_metadata_offline(tmp_path, monkeypatch):
     assert dataset.num_rows == 3
     assert sorted(dataset["caption"]) == sorted(r.text for r in rows)
     assert "confidence" in dataset.column_names and "image" in dataset.column_names
+    assert sorted(dataset["p_accept"]) == sorted(r.p_accept for r in rows)
     example = next(e for e in dataset if e["image_id"] == 3)
     assert example["reviewed_caption"] == "a green one" and example["outcome"] == "edited"
     assert example["image"].size == (4, 3)

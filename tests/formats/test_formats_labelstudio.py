@@ -26,7 +26,10 @@ def test_every_prediction_passes_the_label_studio_validator(tmp_path):
     rows = [
         with_alternatives(make_row(1, root=tmp_path), "a red box", 'a "square", red'),
         make_row(2, root=tmp_path, text="café, 東京\nnew line"),
-        replace(make_row(3, root=tmp_path), confidence=1.0000000000000002),  # rounding
+        # confidence standing in for p_accept: rounding can push exp(0) a hair over 1
+        replace(
+            make_row(3, root=tmp_path), confidence=1.0000000000000002, p_accept=1.0000000000000002
+        ),
     ]
     result = write_label_studio(rows, dest, document_root=tmp_path)
     assert result.count == 3 and result.paths == [dest, tmp_path / "tasks.config.xml"]
@@ -39,14 +42,16 @@ def test_every_prediction_passes_the_label_studio_validator(tmp_path):
         assert interface.validate_prediction(prediction, return_errors=True) == []
     best, alt1, alt2 = tasks[0]["predictions"]
     assert best["model_version"] == alt1["model_version"] == "show-tell-ab12cd"
-    assert best["score"] == rows[0].confidence
-    assert alt2["score"] == rows[0].alternatives[1].confidence
+    assert best["score"] == rows[0].p_accept != rows[0].confidence  # scored by p_accept
+    assert alt2["score"] == rows[0].alternatives[1].p_accept
+    assert all(0 <= p["score"] <= 1 for p in predictions)
     assert alt2["result"][0]["value"]["text"] == ['a "square", red']
     assert tasks[2]["predictions"][0]["score"] == 1.0
     data = tasks[0]["data"]
     assert data["image"] == "/data/local-files/?d=images/img_001.png"
     assert data["image_id"] == 1 and data["log_likelihood"] == rows[0].log_likelihood
     assert data["draft_caption"] == rows[0].text and data["confidence"] == rows[0].confidence
+    assert data["p_accept"] == rows[0].p_accept
 
 
 def test_image_urls(tmp_path):

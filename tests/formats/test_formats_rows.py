@@ -49,6 +49,7 @@ def make_row(image_id: int = 1, *, root: Path = Path("/data/set"), **changes) ->
         log_likelihood=sum(logprobs),
         num_tokens=len(logprobs),
         confidence=math.exp(sum(logprobs) / len(logprobs)),
+        p_accept=1 / (2 + image_id),  # unlike the confidence, so a mix-up shows
         token_logprobs=logprobs,
         margin=0.5,
         finished=True,
@@ -60,9 +61,7 @@ def make_row(image_id: int = 1, *, root: Path = Path("/data/set"), **changes) ->
 
 def with_alternatives(row: ExportRow, *texts: str) -> ExportRow:
     alternatives = tuple(
-        Alternative(
-            rank=i, text=t, log_likelihood=-1.0 * i, num_tokens=4, confidence=math.exp(-i / 4)
-        )
+        Alternative(i, t, -1.0 * i, 4, confidence=math.exp(-i / 4), p_accept=0.5 / (i + 1))
         for i, t in enumerate(texts, start=1)
     )
     return replace(row, alternatives=alternatives)

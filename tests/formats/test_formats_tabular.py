@@ -52,6 +52,8 @@ def test_csv_opens_in_pandas_with_every_caption_intact(tmp_path):
     assert frame["finished"].tolist() == [True] * 5
     expected = [r.confidence for r in tricky_rows()]
     assert frame["confidence"].tolist() == expected  # floats round-trip exactly
+    assert frame["p_accept"].tolist() == [r.p_accept for r in tricky_rows()]
+    assert columns().index("p_accept") + 1 == columns().index("confidence")  # side by side
     logprobs = [json.loads(cell) for cell in frame["token_logprobs"]]
     assert logprobs == [[round(v, 4) for v in r.token_logprobs] for r in tricky_rows()]
 
@@ -80,6 +82,7 @@ def test_n_best_adds_alternative_columns(tmp_path):
     assert frame.loc[0, "alt1_caption"] == "a red box"
     assert frame.loc[0, "alt2_caption"] == "a square"
     assert frame.loc[0, "alt1_confidence"] == rows[0].alternatives[0].confidence
+    assert frame.loc[0, "alt1_p_accept"] == rows[0].alternatives[0].p_accept
     assert frame["alt2_log_likelihood"].isna().tolist() == [False, True]
     assert "alt3_caption" not in frame.columns
 
@@ -161,13 +164,16 @@ def _reference_values(row, n_alt):
     least = row.least_certain
     values = [
         row.image_id, row.dataset, row.path, row.text, row.review_text, row.review_outcome,
-        row.confidence, least[0] if least else None, least[1] if least else None, row.flagged,
-        row.log_likelihood, row.num_tokens, row.margin, row.finished, row.repeated_ngram,
-        row.has_unknown, RawJson(logprobs_text(row.token_logprobs)),
+        row.p_accept, row.confidence, least[0] if least else None,
+        least[1] if least else None, row.flagged, row.log_likelihood, row.num_tokens, row.margin,
+        row.finished, row.repeated_ngram, row.has_unknown,
+        RawJson(logprobs_text(row.token_logprobs)),
     ]  # fmt: skip
     for i in range(n_alt):
         alt = row.alternatives[i] if i < len(row.alternatives) else None
-        values += (alt.text, alt.confidence, alt.log_likelihood) if alt else (None,) * 3
+        values += (
+            (alt.text, alt.p_accept, alt.confidence, alt.log_likelihood) if alt else (None,) * 4
+        )
     when = row.reviewed_at.isoformat() if row.reviewed_at else None
     return values + [
         row.caption_id, row.content_hash, row.abs_path, row.width, row.height, row.model_name,
@@ -227,6 +233,7 @@ def _odd_rows(rng, count, *, odd):
             i, text=text, path=rng.choice(["a/b.png", "odd, \"name\".png", "bad\udce9.png"])
             if odd else f"d/{i}.png", token_logprobs=logprobs,
             confidence=rng.choice(floats) if odd else rng.random(),
+            p_accept=rng.choice([*floats, 0.0, 1.0]) if odd else rng.random(),
             log_likelihood=rng.choice(floats), margin=None if odd and i % 3 else rng.random(),
             width=None if odd and i % 4 == 0 else 640, finished=rng.random() < 0.9,
             repeated_ngram=odd and i % 5 == 0, reviewer="ann, b" if odd and i % 2 else None,
