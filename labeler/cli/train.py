@@ -53,9 +53,17 @@ def train_cli(
         bool, typer.Option(help="Train on the reviewed captions in the store instead.")
     ] = False,
     dataset: DatasetOption = None,
-    backbone: Annotated[str, typer.Option(help="torchvision backbone.")] = "resnet18",
+    backbone: Annotated[
+        str, typer.Option(help="efficientnet_lite0/1/2 or a torchvision backbone (resnet18...).")
+    ] = "resnet18",
     pretrained: Annotated[
         str | None, typer.Option(help="ImageNet weights name (DEFAULT); default: random weights.")
+    ] = None,
+    feature_taps: Annotated[
+        str | None,
+        typer.Option(
+            help="EfficientNet-Lite blocks whose pooled outputs join the features, e.g. 2,5,10."
+        ),
     ] = None,
     weights_file: Annotated[
         Path | None, typer.Option(help="Backbone weights from a local .pth instead.")
@@ -81,6 +89,11 @@ def train_cli(
     ] = False,
     fine_tune_stages: Annotated[int, typer.Option(help="How many last stages.")] = 1,
     encoder_lr: Annotated[float, typer.Option(help="Learning rate of those stages.")] = 2e-4,
+    beam: Annotated[int, typer.Option(help="The model's default beam size.")] = 3,
+    n_best: Annotated[int, typer.Option(help="The model's default drafts per image.")] = 1,
+    calibrate: Annotated[
+        bool, typer.Option(help="Fit p_accept's calibrator on the validation drafts at the end.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Makes a CPU run repeatable.")] = 0,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -108,6 +121,7 @@ def train_cli(
         batch_size=batch_size, captions_per_image=captions_per_image, lr=lr, patience=patience,
         fine_tune_encoder=fine_tune_encoder, fine_tune_stages=fine_tune_stages,
         encoder_lr=encoder_lr, seed=seed, device=device, workers=workers, threads=threads,
+        feature_taps=_taps(feature_taps), beam_size=beam, n_best=n_best, calibrate=calibrate,
     )  # fmt: skip
     captions = _training_data(data, fmt, images, from_store, dataset, db)
     with progress("Training", json_output) as report:
@@ -120,6 +134,13 @@ def train_cli(
         print_json(_train_json(result))
     else:
         _render_train(result)
+
+
+def _taps(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip()) if text else ()
+    except ValueError:
+        raise InputError(f"--feature-taps takes block numbers like 2,5,10, not {text!r}") from None
 
 
 def _training_data(data, fmt, images, from_store, dataset, db):  # type: ignore[no-untyped-def]
@@ -159,6 +180,8 @@ def _train_json(result) -> dict:  # type: ignore[no-untyped-def]
         "epochs_run": len(result.history), "device": result.device, "data": result.data,
         "features_computed": result.features_computed,
         "features_reused": result.features_reused, "elapsed_s": round(result.elapsed_s, 3),
+        "decoding": result.decoding.to_dict() if result.decoding else None,
+        "calibration": result.calibration.summary() if result.calibration else None,
         "history": [{k: v for k, v in dataclasses.asdict(h).items() if k != "samples"}
                     for h in result.history],
     }  # fmt: skip
@@ -178,6 +201,15 @@ def _render_train(result) -> None:  # type: ignore[no-untyped-def]
                   f"{result.elapsed_s:.1f} s on {result.device}", markup=False)  # fmt: skip
     if result.stopped == "interrupted":
         console.print("Run the same command with --resume to continue.")
+    elif result.calibration is not None:
+        c = result.calibration.summary()
+        fitted = (
+            f"p_accept calibrated: AUROC {c['auroc']:.2f}, calibration error {c['ece']:.3f}"
+            if c["auroc"] is not None and c["ece"] is not None
+            else f"no calibrator ({c['reason']}); confidence stands in for p_accept"
+        )
+        console.print(f"validation drafts: {c['right']}/{c['drafts']} right ({c['criterion']}); "
+                      f"{fitted}", markup=False)  # fmt: skip
 
 
 @app.command("evaluate")
@@ -198,10 +230,14 @@ def evaluate_cli(
     out: Annotated[Path, typer.Option(help="Folder for results.jsonl and summary.json.")] = Path(
         "evaluation"
     ),
-    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy.")] = 3,
-    max_len: Annotated[int, typer.Option(help="Most decoding steps (words + end).")] = 20,
-    length_penalty: Annotated[float, typer.Option(help="GNMT length penalty alpha.")] = 0.0,
-    block_repeats: Annotated[int, typer.Option(help="Forbid repeated n-grams of this size.")] = 0,
+    beam: Annotated[int | None, typer.Option(help="Beam size; default: the model's.")] = None,
+    max_len: Annotated[
+        int | None, typer.Option(help="Most decoding steps (words + end); default: the model's.")
+    ] = None,
+    length_penalty: Annotated[float | None, typer.Option(help="GNMT length penalty alpha.")] = None,
+    block_repeats: Annotated[
+        int | None, typer.Option(help="Forbid repeated n-grams of this size.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     device: DeviceOption = "auto",
@@ -213,7 +249,6 @@ def evaluate_cli(
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of a model on a split, or of the store's drafts."""
     from labeler.evaluate import evaluate_model, evaluate_store
-    from labeler.model.drafts import DecodeSettings
 
     if store_drafts:
         spec = draft_filter(dataset, model, settings_key)
@@ -224,12 +259,12 @@ def evaluate_cli(
             raise InputError("give a captions file and --model (or --store)")
         from labeler.data.readers import read_captions
 
-        decode = DecodeSettings(beam_size=beam, max_len=max_len, length_penalty=length_penalty,
-                                block_repeat_ngram=block_repeats)  # fmt: skip
+        decode = {"beam_size": beam, "max_len": max_len, "length_penalty": length_penalty,
+                  "block_repeat_ngram": block_repeats}  # fmt: skip
         with progress("Captioning", json_output) as report:
             result = evaluate_model(
                 model, read_captions(data, fmt=fmt, images_dir=images), split=split,
-                settings=decode, out_dir=out, batch_size=batch_size, device=device,
+                overrides=decode, out_dir=out, batch_size=batch_size, device=device,
                 workers=workers, limit=limit, use_java=java, force=force,
                 progress=lambda done, total: report(done, "", total),
             )  # fmt: skip
@@ -318,9 +353,11 @@ def demo_cli(
 
 def _demo_json(result) -> dict:  # type: ignore[no-untyped-def]
     return {
-        "files": {k: str(v) for k, v in result.files.items()}, "captioned": result.captioned,
-        "objects_right": result.objects_right, "auroc": result.auroc,
+        "files": {k: str(v) for k, v in result.files.items()},
+        "quality": dataclasses.asdict(result.quality),
         "best_epoch": result.train.best_epoch, "best_val_loss": result.train.best_val_loss,
+        "validation_calibration": (result.train.calibration.summary()
+                                   if result.train.calibration else None),
         "features_computed": result.train.features_computed,
         "features_reused": result.train.features_reused, "seconds": result.seconds,
         "drafts": [dataclasses.asdict(d) for d in result.drafts],
@@ -329,17 +366,28 @@ def _demo_json(result) -> dict:  # type: ignore[no-untyped-def]
 
 
 def _render_demo(result) -> None:  # type: ignore[no-untyped-def]
-    table = Table("confidence", "objects right", "draft", "image",
-                  title="Drafts, most confident first (a sample across the range)")  # fmt: skip
+    table = Table("p_accept", "objects right", "draft", "image",
+                  title="Drafts, most likely right first (a sample across the range)")  # fmt: skip
     for d in result.drafts:
-        table.add_row(f"{d.confidence:.3f}", "yes" if d.objects_right else "no", d.text, d.path)
+        table.add_row(f"{d.p_accept:.3f}", "yes" if d.objects_right else "no", d.text, d.path)
     console.print(table)
-    auroc = f"{result.auroc:.2f}" if result.auroc is not None else "-"
-    console.print(f"{result.objects_right}/{result.captioned} drafts name every object right; "
-                  f"confidence AUROC for right drafts {auroc}", markup=False)  # fmt: skip
+    q = result.quality
+    share = f"{q.easy_right / q.easy:.0%}" if q.easy else "-"
+    console.print(
+        f"Held-out scenes: every object right in {q.easy_right}/{q.easy} easy scenes ({share}) "
+        f"and {q.objects_right}/{q.captioned} in all; BLEU-4 {_num(q.bleu_4)}; "
+        f"{q.distinct}/{q.captioned} distinct drafts", markup=False,
+    )  # fmt: skip
+    raw = ", ".join(f"{k} {_num(v)}" for k, v in q.signal_auroc.items())
+    console.print(f"p_accept: AUROC {_num(q.auroc)} for right drafts, calibration error "
+                  f"{_num(q.ece, 3)} (raw signals' AUROC: {raw})", markup=False)  # fmt: skip
     for what, path in result.files.items():
         console.print(f"  {what:<20} {path}", markup=False)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     console.print(f"Done in {result.elapsed_s:.0f} s ({steps}). Next: open "
                   f"{result.files['label_studio_tasks']} in Label Studio, or run "
                   f"`labeler stats --db {result.files['store']}`.", markup=False)  # fmt: skip
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

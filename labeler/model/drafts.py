@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 
 from labeler.errors import InputError
@@ -58,6 +58,14 @@ class DecodeSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def overridden(self, **given: object) -> DecodeSettings:
+        """These settings with the given fields changed (None keeps a field); a smaller beam
+        takes n-best down with it unless n-best is given too."""
+        changes = {k: v for k, v in given.items() if v is not None}
+        if "beam_size" in changes and "n_best" not in changes:
+            changes["n_best"] = min(self.n_best, changes["beam_size"])
+        return replace(self, **changes)
 
     def key(self) -> str:
         """A short stable hash of every field; two settings decode alike iff their keys match."""

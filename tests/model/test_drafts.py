@@ -88,3 +88,14 @@ def test_drafts_module_does_not_import_torch():
     code = "import sys, labeler.model.drafts, labeler.model.vocab; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_overridden_keeps_what_is_not_given_and_n_best_follows_a_smaller_beam():
+    base = DecodeSettings(beam_size=3, max_len=22, n_best=2)
+    assert base.overridden() == base
+    assert base.overridden(max_len=None, beam_size=None) == base
+    assert base.overridden(max_len=9) == DecodeSettings(beam_size=3, max_len=9, n_best=2)
+    assert base.overridden(beam_size=1) == DecodeSettings(beam_size=1, max_len=22, n_best=1)
+    assert base.overridden(beam_size=5).n_best == 2
+    with pytest.raises(InputError, match="n-best"):
+        base.overridden(beam_size=1, n_best=2)
