@@ -255,6 +255,5 @@ def expected_calibration_error(
     total = sum(band.count for band in table)
     if not total:
         return None
-    return float(
-        sum(band.count / total * abs(band.predicted - band.observed) for band in table if band.count)
-    )
+    gaps = [band.count * abs(band.predicted - band.observed) for band in table if band.count]
+    return float(sum(gaps) / total)
