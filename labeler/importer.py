@@ -62,6 +62,8 @@ def import_reviews(
 ) -> ImportResult:
     """Store the reviews in `path`; nothing is stored unless every record matches an image."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; name the reviewed file inside it")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     records = read_reviews(path, fmt=fmt)

@@ -13,12 +13,30 @@ element (`data` + annotations: Label Studio JSON; `reviewed_caption` / `outcome`
 CSV delimiters other than a comma (Excel writes ';' in many locales) are recognised from the
 header.
 
+A CSV that ends mid-record is refused rather than imported in part, since a file cut short (a
+copy or download interrupted) otherwise reads as a shorter file whose last caption is chopped:
+the reader is strict, so the end of the file inside a quoted field is an error, and so is a
+last line without its line break that has fewer fields than the header when every earlier row
+has them all (a complete last line may still lack the line break). Strictness also refuses a
+quote followed by text in one field (`"a" b`), which the lenient reader silently mangled.
+
+Our CSV export guards cells a spreadsheet would run as formulas with a leading single quote;
+reading our CSV back takes that quote off again (rows.restore_formula), so the round trip is
+exact. Label Studio's CSV is read as is. No text field may exceed rows.MAX_TEXT characters in
+any format, and a CSV field over it is refused with the same message.
+
+In our own formats (one row per draft), two records for the same image (matched the way the
+store matches them: by id, else path, else content hash) and the same draft are refused when
+they say different things, naming both; an exact repeat is kept once. Label Studio's exports
+are left alone: they hold one record per annotation, and a task may have several.
+
 Matching records to images, and refusing unknown images or paths outside a dataset, is the
 store's job; here a record only has to name an image (image_id, path or content_hash).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -29,9 +47,12 @@ from typing import Any
 from labeler.errors import FormatError, InputError
 from labeler.formats import labelstudio
 from labeler.formats.rows import (
+    MAX_TEXT,
     ReviewRecord,
     decide_outcome,
     int_field,
+    normalise_text,
+    restore_formula,
     text_field,
     time_field,
 )
@@ -71,8 +92,9 @@ def read_reviews(path: Path, *, fmt: str | None = None) -> list[ReviewRecord]:
         "label-studio-min": labelstudio.review_from_flat,
         "label-studio-csv": labelstudio.review_from_flat,
     }.get(fmt, review_from_ours)
-    records = (convert(where, item) for where, item in items)
-    return [r for r in records if r is not None]
+    records = [r for r in (convert(where, item) for where, item in items) if r is not None]
+    # Label Studio's flat exports hold a record per annotation, several per task by design.
+    return _without_repeats(records, name) if convert is review_from_ours else records
 
 
 def detect_format(path: Path) -> str:
@@ -97,17 +119,23 @@ def _check_format_name(fmt: str | None) -> str | None:
 
 def read_text(path: Path) -> str:
     """The file as text: UTF-8, with or without a byte-order mark."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; name the reviewed file inside it")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    # The mark is taken off here rather than by the utf-8-sig codec, whose error offsets count
+    # from after the mark.
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        offset = skip + exc.start
+        line = data.count(b"\n", 0, offset) + 1
         raise FormatError(
-            f"{path.name} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-            "save the file as UTF-8 (in Excel: CSV UTF-8)"
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset "
+            f"{offset}); save the file as UTF-8 (in Excel: CSV UTF-8)"
         ) from None
 
 
@@ -192,29 +220,63 @@ def _delimiter(first_line: str) -> str:
     return ","
 
 
-def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, str]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(_first_line(text)))
+def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, str | None]]]:
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=_delimiter(_first_line(text)), strict=True
+    )
     header = [c.strip() for c in next(reader, [])]
     _check_columns(header, name, fmt)
-    line = reader.line_num
-    while True:
-        start = line + 1  # a caption with newlines spans lines: name the first one
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise FormatError(f"{name} line {reader.line_num}: unreadable CSV: {exc}") from None
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
+    restore = restore_formula if fmt == "csv" else None  # only our export guards formulas
+    # The end of the last line without its line break, blank space aside.
+    unterminated = not text.rstrip(" \t\f\v").endswith(("\n", "\r"))
+    complete = None  # whether every row so far had every column; None before the first
+    rows = _csv_rows(reader, name)
+    following = next(rows, None)
+    while following is not None:
+        start, row = following
+        following = next(rows, None)
         where = f"{name} line {start}"
+        if len(row) < len(header) and complete and following is None and unterminated:
+            raise FormatError(
+                f"{where}: the file ends after {len(row)} of {len(header)} fields (truncated?)"
+            )
+        complete = complete is not False and len(row) >= len(header)
         if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
             raise FormatError(
                 f"{where}: {len(row)} fields but the header has {len(header)} "
                 "(an unquoted comma in a caption?)"
             )
+        if restore is not None:
+            row = list(map(restore, row))
         yield where, {key: (value or None) for key, value in zip(header, row, strict=False)}
+
+
+def _csv_rows(reader: Any, name: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each row that is not blank."""
+    limit = csv.field_size_limit(MAX_TEXT + 1)  # past the limit, so text_field names the field
+    try:
+        line = reader.line_num
+        while True:
+            start = line + 1  # a caption with newlines spans lines: name the first one
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise FormatError(_csv_error(str(exc), name, start, reader.line_num)) from None
+            line = reader.line_num
+            if any(cell.strip() for cell in row):
+                yield start, row
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_error(message: str, name: str, start: int, line: int) -> str:
+    if message == "unexpected end of data":  # what the strict reader says, at the end only
+        return f"{name} line {start}: the file ends inside a quoted field (truncated?)"
+    if message.startswith("field larger than field limit"):
+        return f"{name} line {start}: a field is longer than the limit of {MAX_TEXT} characters"
+    return f"{name} line {line}: unreadable CSV: {message}"
 
 
 def _first_line(text: str) -> str:
@@ -222,6 +284,12 @@ def _first_line(text: str) -> str:
 
 
 def _check_columns(header: list[str], name: str, fmt: str) -> None:
+    named = [c for c in header if c]  # blank names: empty columns a spreadsheet left
+    repeated = sorted({c for c in named if named.count(c) > 1}, key=named.index)
+    if repeated:
+        raise FormatError(
+            f"{name} line 1: column {', '.join(map(repr, repeated))} appears more than once"
+        )
     missing = []
     if not any(c in header for c in ID_COLUMNS):
         missing.append(" or ".join(ID_COLUMNS))
@@ -263,3 +331,35 @@ def review_from_ours(where: str, item: object) -> ReviewRecord | None:
         reviewer=text_field(item.get("reviewer"), where, "reviewer") or None,
         reviewed_at=time_field(item.get("reviewed_at"), where, "reviewed_at"),
     )
+
+
+def _without_repeats(records: list[ReviewRecord], name: str) -> list[ReviewRecord]:
+    """The records with exact repeats left out; two different reviews of one draft are an error.
+
+    Images are told apart as the store matches them: by id, else path, else content hash."""
+    seen: dict[tuple[object, ...], ReviewRecord] = {}
+    kept = []
+    for record in records:
+        image = next(((i, v) for i, v in enumerate(_ids(record)) if v is not None), None)
+        if image is None:  # nothing to match by: the store names it
+            kept.append(record)
+            continue
+        key = (*image, record.caption_id)
+        first = seen.setdefault(key, record)
+        if first is record:
+            kept.append(record)
+        elif _said(first) != _said(record):
+            what = ID_COLUMNS[image[0]]
+            raise FormatError(
+                f"{first.where} and {record.where.removeprefix(name + ' ')}: two different "
+                f"reviews of the image with {what} {image[1]!r}; keep one"
+            )
+    return kept
+
+
+def _ids(record: ReviewRecord) -> tuple[int | str | None, ...]:
+    return record.image_id, record.path, record.content_hash
+
+
+def _said(record: ReviewRecord) -> tuple[str, str | None]:
+    return normalise_text(record.reviewed_text or ""), record.outcome

@@ -323,6 +323,8 @@ def decide_outcome(
     - otherwise the caption equal to the draft (whitespace normalised) is accepted, a different
       one edited, and without the draft to compare with the outcome is left to the store (None).
     """
+    # Label Studio joins several text regions: check the caption as it will be stored.
+    check_length(reviewed or "", where, "reviewed caption")
     text = normalise_text(reviewed) if reviewed else ""
     said = (outcome or "").strip().lower()
     if not text and not said:
@@ -348,11 +350,47 @@ def decide_outcome(
     return text, ("accepted" if text == plain_draft else "edited")
 
 
+MAX_TEXT = 10_000_000
+"""The most characters a caption (or any text field) of an import file may hold, in every format:
+far beyond any real caption, and low enough that a runaway cell is an error, not a stored blob."""
+
+
 def text_field(value: object, where: str, name: str) -> str | None:
     """A caption-like field: text or missing; a number or a list is a malformed file."""
-    if value is None or isinstance(value, str):
+    if value is None:
+        return value
+    if isinstance(value, str):
+        check_length(value, where, name)
         return value
     raise FormatError(f"{where}: {name} is not text (got {type(value).__name__} {value!r:.40})")
+
+
+def check_length(text: str, where: str, name: str) -> None:
+    """Refuse text over MAX_TEXT characters, naming the line or record."""
+    if len(text) > MAX_TEXT:
+        raise FormatError(
+            f"{where}: {name} is {len(text)} characters long; the limit is {MAX_TEXT}"
+        )
+
+
+# Spreadsheets run a cell starting with one of these as a formula (OWASP "CSV injection"); a
+# leading single quote makes them show it as text. To keep the CSV round trip exact the rule has
+# to be reversible, so text that already starts with quotes before such a character gets one
+# more quote too: export adds a quote to every cell matching ^'*[=+\-@\t\r], import takes one
+# off every cell matching ^'+[=+\-@\t\r], and nothing else changes either way.
+FORMULA_START = frozenset("=+-@\t\r")
+
+
+def defuse_formula(text: str) -> str:
+    """The CSV cell text for `text`: quoted with ' when a spreadsheet would run it."""
+    return "'" + text if text.lstrip("'")[:1] in FORMULA_START else text
+
+
+def restore_formula(text: str) -> str:
+    """The text that `defuse_formula` turned into `text`."""
+    if text[:1] == "'" and text.lstrip("'")[:1] in FORMULA_START:
+        return text[1:]
+    return text
 
 
 def int_field(value: object, where: str, name: str) -> int | None:

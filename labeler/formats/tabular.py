@@ -9,9 +9,12 @@ the file back to the store (image_id, path, content_hash, caption_id) ride along
 CSV choices, for spreadsheets: UTF-8 with a byte-order mark, because Excel reads a CSV without
 one in the local code page and mangles every accent (pandas and the csv module skip the mark);
 RFC 4180 quoting (commas, quotes and newlines inside a caption are quoted, quotes doubled);
-CRLF line ends; booleans as `true`/`false` (pandas reads them as booleans); the per-token
-log-probabilities as a JSON array in one cell. Scores are written in full (repr) so that they
-round-trip exactly; only the per-token log-probabilities are rounded, to 4 decimals.
+CRLF line ends; text that a spreadsheet would run as a formula (starting with =, +, -, @, tab
+or carriage return) prefixed with a single quote, as OWASP advises, which `labeler import` takes
+off again (labeler/formats/rows.py has the exact, reversible rule); booleans as `true`/`false`
+(pandas reads them as booleans); the per-token log-probabilities as a JSON array in one cell.
+Scores are written in full (repr) so that they round-trip exactly; only the per-token
+log-probabilities are rounded, to 4 decimals.
 
 The JSON export is a single array, written one element at a time: none of the three holds more
 than one chunk of rows in memory. Scores that are not finite become null in JSON, which has no
@@ -28,6 +31,7 @@ writes the bytes that formatting one value at a time writes; the tests compare t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from json.encoder import encode_basestring  # type: ignore[attr-defined] - the C version
@@ -44,6 +48,7 @@ from labeler.formats.rows import (
     ExportResult,
     ExportRow,
     collector_paused,
+    defuse_formula,
     draft_chunks,
     finite_or_none,
 )
@@ -233,16 +238,24 @@ def number_texts(values: Sequence[Any], fallback: Callable[[Any], str]) -> Seque
 
 
 def csv_cell(value: Any) -> str:
-    """One RFC 4180 cell: text with a comma, quote or line break is quoted, quotes doubled."""
+    """One RFC 4180 cell: text with a comma, quote or line break is quoted, quotes doubled; text
+    a spreadsheet would run as a formula gets a leading single quote first (`defuse_formula`)."""
     if value.__class__ is str:
+        value = defuse_formula(value)
         if '"' in value or "," in value or "\n" in value or "\r" in value:
             return '"' + value.replace('"', '""') + '"'
         return value
     return "" if value is None else str(value)  # ints, and floats in full (the shortest repr)
 
 
+# Where a cell of a column joined with NULs (and one more in front) may start like a formula; a
+# NUL inside a value can only make a false alarm, and then csv_cell looks at each value.
+_FORMULA_CELL = re.compile("\0'*[=+\\-@\t\r]")
+
+
 class _CsvCells(_Cells):
-    """Cells as csv_cell writes them; a text column needing no quotes passes through whole.
+    """Cells as csv_cell writes them; a text column needing neither quotes nor a formula guard
+    passes through whole.
 
     Hand-rolled: the csv module costs twice as much, as it looks at text a character at a time.
     """
@@ -251,10 +264,12 @@ class _CsvCells(_Cells):
         if None in values:
             values = ["" if value is None else value for value in values]
         try:
-            joined = "".join(values)
+            joined = "\0".join(values)
         except TypeError:  # not text
             return list(map(csv_cell, values))
         if '"' in joined or "," in joined or "\n" in joined or "\r" in joined:
+            return list(map(csv_cell, values))
+        if _FORMULA_CELL.search("\0" + joined):
             return list(map(csv_cell, values))
         return values
 

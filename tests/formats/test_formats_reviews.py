@@ -138,7 +138,9 @@ def test_malformed_files_name_the_line_or_record(tmp_path, name, content, messag
 def test_wrong_encoding_names_the_line(tmp_path):
     text = HEADER + "\n1,a.png,a dog,a dog,\n2,b.png,a cat,un café,\n"
     path = write(tmp_path, "latin.csv", text, encoding="cp1252")
-    with pytest.raises(FormatError, match=r"^latin.csv line 3: not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(
+        FormatError, match=r"^latin.csv line 3: not UTF-8 text \(byte 0xe9 at offset 94\)"
+    ):
         read_reviews(path)
 
 

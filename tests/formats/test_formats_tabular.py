@@ -46,7 +46,8 @@ def test_csv_opens_in_pandas_with_every_caption_intact(tmp_path):
     assert dest.read_bytes().startswith(b"\xef\xbb\xbf")  # BOM, so Excel reads UTF-8
     frame = pd.read_csv(dest, keep_default_na=False)
     assert list(frame.columns) == columns()
-    assert list(frame["draft_caption"]) == TRICKY
+    # A caption a spreadsheet would run as a formula is guarded with a quote (import drops it).
+    assert list(frame["draft_caption"]) == ["'" + t if t[:1] == "=" else t for t in TRICKY]
     assert list(frame["path"]) == [f'odd, names/"q" {i}.png' for i in range(1, 6)]
     assert set(frame["reviewed_caption"]) == {""} and set(frame["outcome"]) == {""}
     assert frame["finished"].tolist() == [True] * 5
@@ -190,6 +191,8 @@ def _reference_csv(rows, n_best):
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):
+            if value.lstrip("'")[:1] in ("=", "+", "-", "@", "\t", "\r"):  # OWASP: as text
+                value = "'" + value
             if any(c in value for c in ',"\n\r'):
                 return '"' + value.replace('"', '""') + '"'
             return str(value)
@@ -219,7 +222,8 @@ def _reference_jsonl(rows, n_best):
 
 def _odd_rows(rng, count, *, odd):
     """Rows shaped like real drafts; with `odd`, also every value a fast path must refuse."""
-    texts = ["a red square", 'say "hi", twice', "café\nlune", "", "=1+1", "two  spaces"]
+    texts = ["a red square", 'say "hi", twice', "café\nlune", "", "=1+1", "two  spaces", "-1 a"]
+    texts += ["'@x", "''+y", "'a", "\tz"]
     floats = [-rng.random() * 30 for _ in range(5)]
     if odd:
         floats += [math.nan, -math.inf, 1e-07, -2.5e-05, 1e16, -0.0, 0.03125, 123456789.0]
@@ -230,7 +234,7 @@ def _odd_rows(rng, count, *, odd):
         logprobs = [rng.choice(floats) if odd and rng.random() < 0.2 else -rng.random() * 3
                     for _ in range(n)]  # fmt: skip
         row = make_row(
-            i, text=text, path=rng.choice(["a/b.png", "odd, \"name\".png", "bad\udce9.png"])
+            i, text=text, path=rng.choice(["a/b.png", "odd, \"name\".png", "bad\udce9.png", "@p"])
             if odd else f"d/{i}.png", token_logprobs=logprobs,
             confidence=rng.choice(floats) if odd else rng.random(),
             p_accept=rng.choice([*floats, 0.0, 1.0]) if odd else rng.random(),
