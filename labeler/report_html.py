@@ -1,16 +1,18 @@
 """The HTML of `labeler report`: page cards, navigation, the index with its SVG charts, the style.
 
 Pure functions from rows and stats to strings; report.py streams, parallelises and publishes.
-Every string that comes from the store goes through `html.escape(quote=True)` here.
+Every string that comes from the store goes through `escape` here: `html.escape(quote=True)`
+after each bidirectional control character is replaced by a visible `<U+202E>`, so that a file
+name or caption cannot reorder itself on screen (a name ending "gpj.exe" behind U+202E).
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
-from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -21,7 +23,16 @@ from labeler.store.exports import DraftFilter
 if TYPE_CHECKING:
     from labeler.report import ReportResult, WrittenPage
 
+# The explicit embeddings, overrides and isolates, the implicit marks and the Arabic letter mark.
+BIDI_CONTROLS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = {code: f"<U+{code:04X}>" for code in BIDI_CONTROLS}
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def escape(value: str) -> str:
+    """HTML-escaped text for an element or a quoted attribute, bidi controls made visible."""
+    return html.escape(value.translate(_VISIBLE), quote=True)
 
 
 def page_name(number: int) -> str:

@@ -218,6 +218,27 @@ def test_names_and_captions_are_escaped_everywhere(store, captioner, tmp_path):
         Page(path)
 
 
+def test_bidirectional_controls_in_names_and_captions_are_shown_not_obeyed(
+    store, captioner, tmp_path
+):
+    folder = tmp_path / "photos"
+    make.rgb_jpeg(folder, "report\u202efdp.jpg")  # shows as "reportgpj.pdf" when obeyed
+    scan(store, [folder], workers=1)
+    caption_images(store, captioner, settings=SETTINGS, workers=0, procs=0)
+    with store.write() as session:
+        caption = "a \u2067cat\u2069 on <b>"
+        session.execute(update(Caption).where(Caption.rank == 1).values(text=caption))
+    result = write_report(store, tmp_path / "report.html", workers=0)
+    everything = "\n".join(path.read_text(encoding="utf-8") for path in every_file(result))
+    controls = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert not any(c in everything for c in controls)
+    assert 'alt="photos/report&lt;U+202E&gt;fdp.jpg"' in everything
+    assert "photos/report&lt;U+202E&gt;fdp.jpg &middot; image 1" in everything
+    assert "&lt;U+2067&gt;cat&lt;U+2069&gt;" in everything and "&lt;b&gt;" in everything
+    for path in every_file(result):
+        Page(path)
+
+
 def test_an_image_that_no_longer_decodes_gets_a_placeholder(store, captioner, tmp_path):
     folder = tmp_path / "photos"
     build(store, captioner, folder, n=4)

@@ -184,6 +184,21 @@ def test_a_store_in_a_missing_folder_gives_a_clear_error(tmp_path):
         open_store(tmp_path / "nowhere" / "s.db")
 
 
+def test_a_missing_store_is_an_error_when_it_may_not_be_created(tmp_path):
+    with pytest.raises(StoreError, match=f"^no store at {tmp_path / 's.db'}: run labeler scan"):
+        open_store(tmp_path / "s.db", create=False)
+    assert not (tmp_path / "s.db").exists()
+    open_store(tmp_path / "s.db").dispose()
+    open_store(tmp_path / "s.db", create=False).dispose()
+
+
+@pytest.mark.parametrize("url", ["postgresql://a:secret@[::1", "postgresql://a:secret@h:port/db"])
+def test_a_url_that_does_not_parse_gives_a_clear_error_without_its_password(url):
+    with pytest.raises(StoreError, match="^not a database path or URL: ") as caught:
+        open_store(url)
+    assert "secret" not in str(caught.value) and "a:***@" in str(caught.value)
+
+
 def test_an_unreachable_server_gives_a_clear_error():
     with pytest.raises(StoreError, match="cannot open the store"):
         open_store("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")

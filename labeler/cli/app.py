@@ -102,10 +102,12 @@ def draft_filter(dataset=None, model=None, settings=None, min_confidence=None,
     )  # fmt: skip
 
 
-def open_store_for(db: str | None):  # type: ignore[no-untyped-def]
+def open_store_for(db: str | None, *, create: bool = True):  # type: ignore[no-untyped-def]
+    """The store of `--db`. Commands that only read (or need drafts to exist) pass
+    `create=False`: a SQLite file that is not there is then a one-line error, not a new store."""
     from labeler.store import open_store
 
-    return open_store(db)
+    return open_store(db, create=create)
 
 
 def print_json(data: object) -> None:

@@ -68,7 +68,7 @@ def report_cli(
     spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
                         flagged, path, include_stale, limit, min_p_accept,
                         max_p_accept)  # fmt: skip
-    store = open_store_for(db)
+    store = open_store_for(db, create=False)
     with progress("Writing report", json_output) as report:
         result = write_report(
             store, output, spec=spec, sort=sort, n_best=n_best, per_page=per_page,

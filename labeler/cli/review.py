@@ -87,9 +87,9 @@ def export_cli(
                         flagged, path, include_stale, limit, min_p_accept,
                         max_p_accept)  # fmt: skip
     result = export_drafts(
-        open_store_for(db), fmt, output, spec=spec, sort=sort, n_best=n_best, force=force,
-        document_root=document_root, url_prefix=url_prefix, ground_truth=ground_truth,
-        extension=extension,
+        open_store_for(db, create=False), fmt, output, spec=spec, sort=sort, n_best=n_best,
+        force=force, document_root=document_root, url_prefix=url_prefix,
+        ground_truth=ground_truth, extension=extension,
     )  # fmt: skip
     if json_output:
         print_json({"count": result.count, "paths": [str(p) for p in result.paths],
@@ -158,8 +158,9 @@ def stats_cli(
         from labeler.errors import InputError
 
         raise InputError("--target must be in (0, 1] and --bins at least 1")
-    stats = compute_stats(open_store_for(db), spec=draft_filter(dataset, model, settings),
-                          bins=bins, target=target)  # fmt: skip
+    stats = compute_stats(open_store_for(db, create=False),
+                          spec=draft_filter(dataset, model, settings), bins=bins,
+                          target=target)  # fmt: skip
     if json_output:
         print_json(stats.to_dict())
         return
@@ -227,8 +228,8 @@ def calibrate_cli(
     """
     from labeler.calibrate import calibrate
 
-    result = calibrate(open_store_for(db), model=model, settings_key=settings, folds=folds,
-                       dry_run=dry_run)  # fmt: skip
+    result = calibrate(open_store_for(db, create=False), model=model, settings_key=settings,
+                       folds=folds, dry_run=dry_run)  # fmt: skip
     if json_output:
         print_json(asdict(result))
         return

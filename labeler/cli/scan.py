@@ -77,7 +77,7 @@ def datasets_cli(db: DbOption = None, json_output: JsonOption = False) -> None:
     from labeler.store import images as image_store
     from labeler.store.models import IMAGE_STATUSES
 
-    store = open_store_for(db)
+    store = open_store_for(db, create=False)
     with store.session() as session:
         counts = image_store.status_counts(session)
     if json_output:

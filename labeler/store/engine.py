@@ -11,14 +11,16 @@ both upgrading a read lock; readers stay deferred so a long export never blocks 
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeler.errors import StoreError
@@ -39,9 +41,18 @@ def resolve_url(db: str | os.PathLike[str] | None = None) -> str:
     return value
 
 
+def parse_url(url: str) -> URL:
+    """The parsed URL; one that cannot be parsed is a StoreError naming it, password hidden."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):  # urllib and int() raise ValueError on a bad host/port
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        raise StoreError(f"not a database path or URL: {shown}") from None
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -49,14 +60,34 @@ def sqlite_file(url: str) -> Path | None:
 
 def display_url(url: str) -> str:
     """The URL without its password, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    return parse_url(url).render_as_string(hide_password=True)
+
+
+def read_only_error(url: str, exc: DBAPIError) -> StoreError | None:
+    """The one-line error for a SQLite store that may not be written, or None for any other
+    failure. SQLite says "attempt to write a readonly database" for a read-only file but only
+    "unable to open database file" for a read-only folder (where WAL mode must create its
+    `-wal` and `-shm` files), so the permissions decide the second case."""
+    path, orig = sqlite_file(url), exc.orig
+    if path is None or not isinstance(orig, sqlite3.Error):
+        return None
+    name = getattr(orig, "sqlite_errorname", "")
+    readonly = name.startswith("SQLITE_READONLY")
+    if not readonly and name != "SQLITE_CANTOPEN":
+        return None
+    if path.exists() and not os.access(path, os.W_OK):
+        why = "the file's permissions do not allow writing"
+    elif not os.access(path.parent, os.W_OK):
+        why = f"its folder {path.parent} does not allow writing"
+    elif readonly:
+        why = str(orig)
+    else:  # cannot open for another reason: not ours to name
+        return None
+    return StoreError(f"the store {path} is read-only: {why}")
 
 
 def create_engine_for(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"not a database path or URL: {url}") from None
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     try:
@@ -107,11 +138,18 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One write transaction: committed on success, rolled back on any exception."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(labeler_write=True)
-            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
-                yield session
+        """One write transaction: committed on success, rolled back on any exception. A
+        store that may not be written is a StoreError saying so, whichever write finds out."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(labeler_write=True)
+                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                    yield session
+        except DBAPIError as exc:
+            read_only = read_only_error(self.url, exc)
+            if read_only is None:
+                raise
+            raise read_only from None
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -23,7 +23,14 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from labeler.errors import StoreError
-from labeler.store.engine import Store, create_engine_for, display_url, resolve_url, sqlite_file
+from labeler.store.engine import (
+    Store,
+    create_engine_for,
+    display_url,
+    read_only_error,
+    resolve_url,
+    sqlite_file,
+)
 
 _PG_LOCK_KEY = 0x6C6162656C6572  # "labeler": serialises upgrades between processes
 
@@ -52,10 +59,16 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def open_store(db: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> Store:
-    """Open (creating if needed) the store and upgrade it to the newest schema."""
+def open_store(
+    db: str | os.PathLike[str] | None = None, *, upgrade: bool = True, create: bool = True
+) -> Store:
+    """Open the store and upgrade it to the newest schema. A SQLite file that does not exist
+    is created, or with `create=False` (commands that only read) a StoreError, so that a
+    mistyped `--db` never leaves an empty store behind."""
     url = resolve_url(db)
     path = sqlite_file(url)
+    if path is not None and not create and not path.exists():
+        raise StoreError(f"no store at {path}: run labeler scan first")
     if path is not None and not path.parent.is_dir():
         raise StoreError(f"cannot create the store {path}: folder {path.parent} does not exist")
     store = Store(url=url, engine=create_engine_for(url))
@@ -64,6 +77,9 @@ def open_store(db: str | os.PathLike[str] | None = None, *, upgrade: bool = True
             _upgrade(store, path)
     except (OperationalError, DBAPIError) as exc:
         store.dispose()
+        read_only = read_only_error(url, exc)
+        if read_only is not None:
+            raise read_only from None
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise StoreError(f"cannot open the store {display_url(url)}: {reason}") from None
     except Exception:
