@@ -29,11 +29,14 @@ from sqlalchemy.orm import Session
 
 from labeler.errors import FormatError, InputError
 from labeler.formats.reviews import read_reviews
-from labeler.formats.rows import ReviewRecord, normalise_text
+from labeler.formats.rows import ReviewRecord, check_text, normalise_text
 from labeler.store import Store
 from labeler.store.models import Caption, Dataset, Image, Review, utcnow
 
 CHUNK = 500
+REVIEWER_LENGTH: int = Review.__table__.c.reviewer.type.length  # type: ignore[attr-defined]
+"""The longest reviewer name the store holds (PostgreSQL enforces it). A longer one is refused,
+not cut short: two names that differ only past the limit would silently become one reviewer."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ def import_reviews(
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     records = read_reviews(path, fmt=fmt)
+    _check_reviewers(records, reviewer)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     result = ImportResult(source=str(path), records=len(records))
     with store.write() as session:
@@ -80,6 +84,16 @@ def import_reviews(
         result.added = _insert(session, rows)
         result.already = len(rows) - result.added
     return result
+
+
+def _check_reviewers(records: list[ReviewRecord], reviewer: str | None) -> None:
+    """Refuse reviewer names the store cannot hold, before it is touched. Text fields were
+    checked when read, but Label Studio's reviewer is a user id or email taken as is."""
+    if reviewer is not None:
+        check_text(reviewer, "the reviewer given", "the name", limit=REVIEWER_LENGTH)
+    for record in records:
+        if record.reviewer is not None:
+            check_text(record.reviewer, record.where, "reviewer", limit=REVIEWER_LENGTH)
 
 
 def _scope(session: Session, datasets: Sequence[str] | None) -> dict[int, bytes]:

@@ -25,6 +25,11 @@ reading our CSV back takes that quote off again (rows.restore_formula), so the r
 exact. Label Studio's CSV is read as is. No text field may exceed rows.MAX_TEXT characters in
 any format, and a CSV field over it is refused with the same message.
 
+Whatever the format and the database, a file imports the same or fails here, before the store is
+touched: text holding a NUL or a lone surrogate (which PostgreSQL, or any encoding, refuses),
+ids outside 0 to rows.MAX_ID (PostgreSQL's id columns are 32-bit) and JSON nested deeper than
+the parser's stack are errors naming the line or record, never a traceback from the database.
+
 In our own formats (one row per draft), two records for the same image (matched the way the
 store matches them: by id, else path, else content hash) and the same draft are refused when
 they say different things, naming both; an exact repeat is kept once. Label Studio's exports
@@ -92,9 +97,19 @@ def read_reviews(path: Path, *, fmt: str | None = None) -> list[ReviewRecord]:
         "label-studio-min": labelstudio.review_from_flat,
         "label-studio-csv": labelstudio.review_from_flat,
     }.get(fmt, review_from_ours)
-    records = [r for r in (convert(where, item) for where, item in items) if r is not None]
+    converted = (_converted(convert, where, item) for where, item in items)
+    records = [r for r in converted if r is not None]
     # Label Studio's flat exports hold a record per annotation, several per task by design.
     return _without_repeats(records, name) if convert is review_from_ours else records
+
+
+def _converted(convert: Any, where: str, item: object) -> ReviewRecord | None:
+    # A record nested just under the parser's limit (or a Label Studio CSV cell holding deep
+    # JSON) can still exhaust the stack while it is read or named in a message.
+    try:
+        return convert(where, item)
+    except RecursionError:
+        raise FormatError(f"{where}: nested too deeply to read") from None
 
 
 def detect_format(path: Path) -> str:
@@ -178,16 +193,27 @@ def _json_flavour(first: object, name: str) -> str:
 
 
 def _load_json(text: str, name: str) -> list[Any]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(
-            f"{name} line {exc.lineno} column {exc.colno}: bad JSON: {exc.msg}"
-        ) from None
+    document = _parse_json(text, name)
     if not isinstance(document, list):
         kind = type(document).__name__
         raise FormatError(f"{name}: expected a JSON array of records, got {kind}")
     return document
+
+
+def _parse_json(text: str, name: str, line: int | None = None) -> Any:
+    """json.loads, its failures as FormatErrors naming the place; `line` is that of a JSONL
+    record (the parser's own line numbers then count within it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"line {line if line is not None else exc.lineno} column {exc.colno}"
+        raise FormatError(f"{name} {at}: bad JSON: {exc.msg}") from None
+    except RecursionError:
+        where = name if line is None else f"{name} line {line}"
+        raise FormatError(f"{where}: nested too deeply to read") from None
+    except ValueError as exc:  # a number too long for Python to convert
+        where = name if line is None else f"{name} line {line}"
+        raise FormatError(f"{where}: bad JSON: {exc}") from None
 
 
 def _numbered(document: list[Any], name: str) -> Iterator[tuple[str, Any]]:
@@ -199,12 +225,7 @@ def _jsonl_items(text: str, name: str) -> Iterator[tuple[str, Any]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{name} line {number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{where} column {exc.colno}: bad JSON: {exc.msg}") from None
-        yield where, item
+        yield f"{name} line {number}", _parse_json(line, name, number)
 
 
 def _header(text: str) -> list[str]:

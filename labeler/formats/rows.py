@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -355,22 +356,38 @@ MAX_TEXT = 10_000_000
 far beyond any real caption, and low enough that a runaway cell is an error, not a stored blob."""
 
 
+# NUL is refused by PostgreSQL in text columns, and a lone surrogate (JSON may write "\ud800")
+# cannot be encoded to store at all: both are refused in every format and for every database,
+# so that a file imports the same everywhere and fails before the store is touched.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def text_field(value: object, where: str, name: str) -> str | None:
     """A caption-like field: text or missing; a number or a list is a malformed file."""
     if value is None:
         return value
     if isinstance(value, str):
-        check_length(value, where, name)
+        check_text(value, where, name)
         return value
     raise FormatError(f"{where}: {name} is not text (got {type(value).__name__} {value!r:.40})")
 
 
-def check_length(text: str, where: str, name: str) -> None:
-    """Refuse text over MAX_TEXT characters, naming the line or record."""
-    if len(text) > MAX_TEXT:
-        raise FormatError(
-            f"{where}: {name} is {len(text)} characters long; the limit is {MAX_TEXT}"
-        )
+def check_text(text: str, where: str, name: str, *, limit: int | None = None) -> None:
+    """Refuse text the store cannot hold: over `limit` (MAX_TEXT) characters, a NUL character
+    or a lone surrogate; the message names the line or record."""
+    check_length(text, where, name, limit=limit)
+    bad = _UNSTORABLE.search(text)
+    if bad:
+        char = bad.group()
+        what = "a NUL character" if char == "\x00" else f"a lone surrogate ({char!r})"
+        raise FormatError(f"{where}: {name} holds {what} at character {bad.start() + 1}")
+
+
+def check_length(text: str, where: str, name: str, *, limit: int | None = None) -> None:
+    """Refuse text over `limit` (MAX_TEXT) characters, naming the line or record."""
+    limit = MAX_TEXT if limit is None else limit
+    if len(text) > limit:
+        raise FormatError(f"{where}: {name} is {len(text)} characters long; the limit is {limit}")
 
 
 # Spreadsheets run a cell starting with one of these as a formula (OWASP "CSV injection"); a
@@ -393,20 +410,31 @@ def restore_formula(text: str) -> str:
     return text
 
 
+MAX_ID = 2**31 - 1
+"""The largest id an import file may name: the store's id columns are 32-bit INTEGER on
+PostgreSQL, so a larger one could never match and would fail in the database instead."""
+
+
 def int_field(value: object, where: str, name: str) -> int | None:
-    """An id: a whole number, or text holding one ('17', or '17.0' as spreadsheets write it)."""
+    """An id: a whole number from 0 to MAX_ID, or text holding one ('17', or '17.0' as
+    spreadsheets write it)."""
     if value is None or value == "":
         return None
+    number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float | str):
+        number = value
+    elif isinstance(value, float | str):
         try:
-            number = float(value)
+            real = float(value)
         except ValueError:
-            number = math.nan
-        if number.is_integer():
-            return int(number)
-    raise FormatError(f"{where}: {name} must be a whole number, got {value!r:.40}")
+            real = math.nan
+        if real.is_integer():
+            number = int(real)
+    if number is None:
+        raise FormatError(f"{where}: {name} must be a whole number, got {value!r:.40}")
+    if not 0 <= number <= MAX_ID:
+        raise FormatError(f"{where}: {name} {value!r:.40} is out of range (0 to {MAX_ID})")
+    return number
 
 
 def time_field(value: object, where: str, name: str) -> datetime | None:
