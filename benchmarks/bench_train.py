@@ -91,7 +91,8 @@ def report(demo: DemoSettings, result, cache: dict) -> None:  # type: ignore[no-
     print(f"quality   {q.captioned} held-out scenes: every object right in {easy:.1%} of {q.easy} "
           f"easy scenes (goal >= 80%; {q.objects_right / max(1, q.captioned):.1%} of all), "
           f"BLEU-4 {num(q.bleu_4)} (goal >= 0.5), distinct drafts "
-          f"{q.distinct / max(1, q.captioned):.2f} (goal >= 0.8)")  # fmt: skip
+          f"{q.distinct / max(1, q.captioned):.2f} (goal >= 0.8; the scenes themselves: "
+          f"{q.contents / max(1, q.captioned):.2f})")  # fmt: skip
     print(f"triage    p_accept AUROC {num(q.auroc)} (goal >= 0.9), ECE {num(q.ece)} "
           f"(goal <= 0.05)")  # fmt: skip
     for name, value in q.signal_auroc.items():

@@ -53,7 +53,9 @@ OUTPUTS = ("scenes", "holdout", "model.pt", "labeler.db", "drafts.csv", "tasks.j
 class DemoSettings:
     train_scenes: int = 10000  # scenes the model learns from
     val_scenes: int = 500  # scenes that pick the best epoch and fit the calibrator
-    holdout_scenes: int = 300  # the "new" folder that is scanned, captioned and exported
+    # The "new" folder that is scanned, captioned and exported. 1,000 so that the calibration
+    # error means something: judged on 300 drafts, even a perfect calibrator scores ~0.05.
+    holdout_scenes: int = 1000
     scene_size: int = 64  # pixels of the generated images (the model's input size is in train)
     train: TrainSettings = DEMO_TRAIN  # its beam and n-best become the model's decoding defaults
     seed: int = 0
@@ -86,6 +88,9 @@ class Quality:
     easy_right: int  # of which the draft names every object right
     bleu_4: float | None  # corpus BLEU-4 against the five references
     distinct: int  # different best drafts
+    # Different scenes (layout, and each object's colour, shape and size): a bound on how many
+    # drafts can differ while saying what is there (single objects come in only 60 kinds).
+    contents: int
     auroc: float | None  # how well p_accept ranks right drafts above wrong ones
     ece: float | None  # p_accept's expected calibration error for "objects right"
     signal_auroc: dict[str, float | None] = field(default_factory=dict)  # each raw signal's
@@ -250,7 +255,9 @@ def _summarise(store, holdout: Path, settings: DemoSettings) -> tuple[Quality, l
     quality = Quality(
         captioned=len(rows), objects_right=sum(right), easy=sum(easy),
         easy_right=sum(r and e for r, e in zip(right, easy, strict=True)), bleu_4=bleu,
-        distinct=len({d.text for d in drafts}), auroc=auroc([d.p_accept for d in drafts], right),
+        distinct=len({d.text for d in drafts}), contents=len({_content(truth[r.path].extra)
+                                                               for r in rows}),
+        auroc=auroc([d.p_accept for d in drafts], right),
         ece=expected_calibration_error([d.p_accept for d in drafts], right),
         signal_auroc={"confidence": auroc([d.confidence for d in drafts], right)}
         | {name: auroc(values, right) for name, values in signals.items()},
@@ -258,3 +265,8 @@ def _summarise(store, holdout: Path, settings: DemoSettings) -> tuple[Quality, l
     n = min(settings.show, len(drafts))
     picks = sorted({round(i * (len(drafts) - 1) / max(1, n - 1)) for i in range(n)})
     return quality, [drafts[i] for i in reversed(picks)]
+
+
+def _content(extra: dict) -> tuple:
+    objects = tuple((o["colour"], o["shape"], o["size"]) for o in extra["objects"])
+    return extra["layout"], objects

@@ -376,7 +376,8 @@ def _render_demo(result) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"Held-out scenes: every object right in {q.easy_right}/{q.easy} easy scenes ({share}) "
         f"and {q.objects_right}/{q.captioned} in all; BLEU-4 {_num(q.bleu_4)}; "
-        f"{q.distinct}/{q.captioned} distinct drafts", markup=False,
+        f"{q.distinct}/{q.captioned} distinct drafts ({q.contents} distinct scenes)",
+        markup=False,
     )  # fmt: skip
     raw = ", ".join(f"{k} {_num(v)}" for k, v in q.signal_auroc.items())
     console.print(f"p_accept: AUROC {_num(q.auroc)} for right drafts, calibration error "
