@@ -54,6 +54,7 @@ class CaptionResult:
     copied: int = 0  # images served from an identical image's existing drafts
     failed: Counter[str] = field(default_factory=Counter)  # "status: reason" -> images
     flagged: int = 0  # best drafts that are unfinished, repetitive or hold an unknown word
+    unfinished: int = 0  # best drafts that used every decoding step without ending
     confidence_sum: float = 0.0
     p_accept_sum: float = 0.0
     interrupted: bool = False
@@ -72,7 +73,7 @@ class CaptionResult:
     def counts(self) -> dict[str, Any]:
         return {
             "images": self.images, "contents": self.contents, "copied": self.copied,
-            "failed": dict(self.failed), "flagged": self.flagged,
+            "failed": dict(self.failed), "flagged": self.flagged, "unfinished": self.unfinished,
             "mean_confidence": self.mean_confidence, "mean_p_accept": self.mean_p_accept,
             "given_back": self.given_back,
         }  # fmt: skip
@@ -215,6 +216,7 @@ class _Run:
             self.result.p_accept_sum += p_accept * n
             if not best.finished or best.repeated_ngram or best.has_unknown:
                 self.result.flagged += n
+            self.result.unfinished += 0 if best.finished else n
         for _, status, reason in failures:
             self.result.failed[f"{status}: {reason}"] += 1
 

@@ -330,3 +330,28 @@ def test_a_calibrator_fitted_for_the_settings_beats_the_checkpoints(store, tmp_p
     copies = [d for d in _drafts(store) if d.image_id == copy_id]
     assert len(copies) == 2 and {d.calibrator_id for d in copies} == {newest_id}
     assert all(d.p_accept == pytest.approx(_predicted(newer, d), abs=1e-12) for d in copies)
+
+
+def test_a_run_whose_drafts_all_hit_the_maximum_length_warns(store, photos, captioner, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from labeler.cli import app
+    from labeler.model.checkpoint import load_checkpoint, save_checkpoint
+
+    scan(store, [photos], workers=1)
+    model = str(captioner.source)
+    base = ["caption", "--model", model, "--db", store.url, "--procs", "0", "--workers", "0"]
+    cut = CliRunner().invoke(app, [*base, "--max-len", "1", "--json"])
+    assert cut.exit_code == 0, cut.output
+    assert "Warning: every draft used all 1 decoding steps without ending" in cut.output
+    assert '"unfinished": 8' in cut.output
+    # The same model made to end its drafts: no warning.
+    loaded = load_checkpoint(model)
+    with torch.no_grad():
+        loaded.model.decoder.out.bias[loaded.vocab.end_id] = 50.0
+    ending = tmp_path / "ending.pt"
+    save_checkpoint(ending, loaded.model, loaded.vocab, training={})
+    whole = CliRunner().invoke(app, [*base[:2], str(ending), *base[3:], "--max-len", "4"])
+    assert whole.exit_code == 0, whole.output
+    assert "Warning" not in whole.output

@@ -100,6 +100,11 @@ def caption_cli(
         print_json(_caption_json(result))
     else:
         _render_caption(result)
+    if result.images and result.unfinished == result.images:
+        err_console.print(
+            f"Warning: every draft used all {settings.max_len} decoding steps without ending, so "
+            f"they are cut short; give a larger --max-len.", markup=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 class _StopOnInterrupt:
