@@ -6,10 +6,15 @@ the image URL and everything `labeler import` needs to match the task back witho
 Studio's own ids: image_id, path, content_hash, caption_id, and the draft itself
 (`draft_caption`, so that accepted-unchanged can be told from edited). No data key is named
 `caption`: Label Studio's CSV export would rename a data key that collides with the control's
-column. Every draft is a prediction whose `score` is its p_accept (the calibrated probability
-that it is accepted unchanged, which Label Studio sorts and filters tasks by; `data` carries it
-too, beside the raw confidence); n-best alternatives are further predictions of the same model
-version, best first, each with its own score.
+column. The best draft is the task's one prediction, whose `score` is its p_accept (the
+calibrated probability that it is accepted unchanged, which Label Studio sorts and filters tasks
+by; `data` carries it too, beside the raw confidence). The n-best alternatives are not
+predictions: Label Studio's Data Manager averages the scores of a task's predictions of one
+model version, so they would drag the task's score away from the best draft's. They travel as
+text in `data["alternatives"]`, one line per alternative, best first, each with its p_accept,
+and the config shows them under a header when the export has any. Every task carries the key
+(empty without alternatives) because Label Studio refuses to import a task that lacks a key the
+config names, and the config is only known once every task is written.
 
 The two files are staged together and renamed at the end (`atomic_outputs`).
 
@@ -23,6 +28,9 @@ In: one record per task from the JSON export, one per annotation from the flat o
   annotation_id, created_at, updated_at. Cancelled annotations are dropped by the converter,
   so no skipped outcome comes back from these; a record with an annotation_id but no caption
   is rejected, one without an annotation_id (a task nobody annotated) is not reviewed.
+The reviewer is the annotator's e-mail, else their name, else Label Studio's user id:
+`completed_by` is an id or a user object, the flat exports' `annotator` an id or an e-mail, and
+some versions add `created_username` / `updated_by` as "user@example.com, 1".
 Several text lines are joined with a space: captions are one line everywhere else.
 """
 
@@ -52,9 +60,15 @@ from labeler.formats.tabular import json_text
 
 CONTROL = "caption"  # the TextArea's name: from_name in results, the column in flat exports
 OBJECT = "image"
+ALTERNATIVES = "alternatives"  # the data key and the Text tag showing the n-best alternatives
 LABEL_CONFIG = (
     f'<View><Image name="{OBJECT}" value="$image"/><TextArea name="{CONTROL}" '
     f'toName="{OBJECT}" editable="true" maxSubmissions="1"/></View>\n'
+)
+LABEL_CONFIG_WITH_ALTERNATIVES = LABEL_CONFIG.replace(
+    "</View>",
+    f'<Header value="Other drafts (p_accept)"/><Text name="{ALTERNATIVES}" '
+    f'value="${ALTERNATIVES}"/></View>',
 )
 LOCAL_FILES = "/data/local-files/?d="
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -85,14 +99,14 @@ def image_url(row: ExportRow, *, document_root: Path | None, url_prefix: str | N
     return LOCAL_FILES + quote(relative.as_posix())
 
 
-def _prediction(row: ExportRow, rank: int, text: str, p_accept: float) -> dict[str, Any]:
-    score = finite_or_none(p_accept)
+def _prediction(row: ExportRow) -> dict[str, Any]:
+    score = finite_or_none(row.p_accept)
     result = {
-        "id": f"c{rank}",
+        "id": "c0",
         "from_name": CONTROL,
         "to_name": OBJECT,
         "type": "textarea",
-        "value": {"text": [text]},
+        "value": {"text": [row.text]},
     }
     return {
         "model_version": row.model_version,
@@ -103,8 +117,18 @@ def _prediction(row: ExportRow, rank: int, text: str, p_accept: float) -> dict[s
     }
 
 
+def alternatives_text(row: ExportRow) -> str:
+    """The alternatives as the reviewer reads them: one line each, best first, with p_accept."""
+    lines = []
+    for alternative in row.alternatives:
+        text = " ".join(alternative.text.splitlines())  # one line per alternative
+        score = finite_or_none(alternative.p_accept)
+        lines.append(text if score is None else f"{text}  ({score:.2f})")
+    return "\n".join(lines)
+
+
 def task(row: ExportRow, url: str) -> dict[str, Any]:
-    """One task: the image, the ids to match it back, and the drafts as predictions."""
+    """One task: the image, the ids to match it back, the best draft as its one prediction."""
     least = row.least_certain
     data = {
         "image": url,
@@ -118,10 +142,9 @@ def task(row: ExportRow, url: str) -> dict[str, Any]:
         "confidence": row.confidence,
         "log_likelihood": row.log_likelihood,
         "least_certain_word": least[0] if least else None,
+        ALTERNATIVES: alternatives_text(row),
     }
-    predictions = [_prediction(row, 0, row.text, row.p_accept)]
-    predictions += [_prediction(row, a.rank, a.text, a.p_accept) for a in row.alternatives]
-    return {"data": data, "predictions": predictions}
+    return {"data": data, "predictions": [_prediction(row)]}
 
 
 def write_label_studio(
@@ -132,34 +155,67 @@ def write_label_studio(
     document_root: Path | None = None,
     url_prefix: str | None = None,
 ) -> ExportResult:
-    """Write the tasks to `dest` and the labeling config to `config_path(dest)`."""
+    """Write the tasks to `dest` and the labeling config to `config_path(dest)`; the config
+    shows the alternatives when any task has them."""
     if (document_root is None) == (url_prefix is None):
         raise InputError("give either a document root (local files) or a URL prefix")
     root = Path(os.path.abspath(document_root)) if document_root is not None else None
     config = config_path(dest)
     count = 0
+    any_alternatives = False
     with atomic_outputs([dest, config], force=force) as (out, config_out):
         out.write("[")
         for row in rows:
             url = image_url(row, document_root=root, url_prefix=url_prefix)
             out.write(",\n" if count else "\n")
             out.write(json_text(task(row, url)))
+            any_alternatives = any_alternatives or bool(row.alternatives)
             count += 1
         out.write("\n]\n")
-        config_out.write(LABEL_CONFIG)
+        config_out.write(LABEL_CONFIG_WITH_ALTERNATIVES if any_alternatives else LABEL_CONFIG)
     return ExportResult(count=count, paths=[dest, config])
 
 
 # --- reading Label Studio's exports ---------------------------------------------------------
 
 
-def _reviewer(value: object) -> str | None:
-    # completed_by is a user id, or in older exports and with some settings a user dict.
+def _user(value: object) -> tuple[str | None, str | None, str | None]:
+    """(e-mail, name, id) of a user as Label Studio writes one: an id, a user object, an e-mail,
+    or "user@example.com, 1"."""
     if isinstance(value, dict):
-        value = value.get("email") or value.get("id")
-    if value is None or value == "" or isinstance(value, dict | list):
-        return None
-    return str(value)
+        email = str(value.get("email") or "").strip()
+        name = " ".join(str(value.get(k) or "").strip() for k in ("first_name", "last_name"))
+        user_id = value.get("id")
+        if user_id is not None and not isinstance(user_id, int | str):
+            user_id = None
+        return email or None, name.strip() or None, None if user_id is None else str(user_id)
+    if isinstance(value, bool) or value is None or isinstance(value, list):
+        return None, None, None
+    if isinstance(value, int | float):
+        return None, None, str(value)
+    email = name = user_id = None
+    for part in (p.strip() for p in str(value).split(",")):
+        if "@" in part and email is None:
+            email = part
+        elif part.isdigit() and user_id is None:
+            user_id = part
+        elif part and name is None:
+            name = part
+    return email, name, user_id
+
+
+def _reviewer(completed_by: object, *others: object) -> str | None:
+    """The annotator's e-mail, else their name, else their id. `completed_by` names the
+    annotator; `others` (created_username, updated_by) only count where they name the same
+    user id, or carry none: updated_by may be someone who edited the annotation later."""
+    email, name, user_id = _user(completed_by)
+    for other in others:
+        other_email, other_name, other_id = _user(other)
+        if user_id is not None and other_id is not None and other_id != user_id:
+            continue
+        email, name = email or other_email, name or other_name
+        user_id = user_id or other_id
+    return email or name or user_id
 
 
 def _ids(where: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,7 +281,9 @@ def review_from_task(where: str, item: object, *, control: str = CONTROL) -> Rev
         **ids,
         reviewed_text=decided[0],
         outcome=decided[1],
-        reviewer=_reviewer(chosen.get("completed_by")),
+        reviewer=_reviewer(
+            chosen.get("completed_by"), chosen.get("created_username"), chosen.get("updated_by")
+        ),
         reviewed_at=_annotation_time(chosen, where),
     )
 
@@ -272,6 +330,8 @@ def review_from_flat(
         **ids,
         reviewed_text=decided[0],
         outcome=decided[1],
-        reviewer=_reviewer(item.get("annotator")),
+        reviewer=_reviewer(
+            item.get("annotator"), item.get("created_username"), item.get("updated_by")
+        ),
         reviewed_at=_annotation_time(item, where),
     )

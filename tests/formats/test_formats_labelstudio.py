@@ -36,22 +36,51 @@ def test_every_prediction_passes_the_label_studio_validator(tmp_path):
     config = config_path(dest).read_text(encoding="utf-8")
     interface = LabelInterface(config)
     tasks = json.loads(dest.read_text(encoding="utf-8"))
+    interface.validate()
     predictions = [p for t in tasks for p in t["predictions"]]
-    assert len(predictions) == 5
+    assert len(predictions) == 3  # one per task: the alternatives are no predictions
     for prediction in predictions:
         assert interface.validate_prediction(prediction, return_errors=True) == []
-    best, alt1, alt2 = tasks[0]["predictions"]
-    assert best["model_version"] == alt1["model_version"] == "show-tell-ab12cd"
+    [best] = tasks[0]["predictions"]
+    assert best["model_version"] == "show-tell-ab12cd"
     assert best["score"] == rows[0].p_accept != rows[0].confidence  # scored by p_accept
-    assert alt2["score"] == rows[0].alternatives[1].p_accept
+    assert best["result"][0]["value"]["text"] == [rows[0].text]
     assert all(0 <= p["score"] <= 1 for p in predictions)
-    assert alt2["result"][0]["value"]["text"] == ['a "square", red']
     assert tasks[2]["predictions"][0]["score"] == 1.0
     data = tasks[0]["data"]
     assert data["image"] == "/data/local-files/?d=images/img_001.png"
     assert data["image_id"] == 1 and data["log_likelihood"] == rows[0].log_likelihood
     assert data["draft_caption"] == rows[0].text and data["confidence"] == rows[0].confidence
     assert data["p_accept"] == rows[0].p_accept
+
+
+def test_alternatives_are_data_shown_by_the_config_not_predictions(tmp_path):
+    """Label Studio averages the scores of a task's predictions of one model version, so the
+    alternatives must not be predictions: the task's score is the best draft's p_accept."""
+    dest = tmp_path / "tasks.json"
+    alternatives = with_alternatives(make_row(1, root=tmp_path), "a red box", 'a "square",\nred')
+    rows = [alternatives, make_row(2, root=tmp_path)]
+    write_label_studio(rows, dest, document_root=tmp_path)
+    config = config_path(dest).read_text(encoding="utf-8")
+    interface = LabelInterface(config)
+    interface.validate()
+    assert '<Text name="alternatives" value="$alternatives"/>' in config
+    tasks = json.loads(dest.read_text(encoding="utf-8"))
+    scores = [[p["score"] for p in t["predictions"]] for t in tasks]
+    assert scores == [[rows[0].p_accept], [rows[1].p_accept]]
+    first, second = rows[0].alternatives
+    assert tasks[0]["data"]["alternatives"] == (
+        f'a red box  ({first.p_accept:.2f})\na "square", red  ({second.p_accept:.2f})'
+    )
+    # Label Studio refuses a task lacking a data key the config names, so every task has it.
+    for task in tasks:
+        for tag in interface.objects:
+            assert isinstance(task["data"][tag.value_name], str)
+    assert tasks[1]["data"]["alternatives"] == ""
+
+    # Without alternatives (n-best 1) the config is the plain one.
+    write_label_studio([make_row(3, root=tmp_path)], tmp_path / "one.json", document_root=tmp_path)
+    assert config_path(tmp_path / "one.json").read_text(encoding="utf-8") == LABEL_CONFIG
 
 
 def test_image_urls(tmp_path):
@@ -227,3 +256,65 @@ def test_malformed_label_studio_exports_name_the_record(tmp_path):
         path.write_text(json.dumps(broken), encoding="utf-8")
         with pytest.raises(FormatError, match=message):
             read_reviews(path, fmt="label-studio")
+
+
+def test_the_reviewer_is_the_annotators_email_else_name_else_id(tmp_path):
+    path, _ = label_studio_export(tmp_path)
+    tasks = json.loads(path.read_text(encoding="utf-8"))
+    by_task = {t["data"]["image_id"]: t["annotations"] for t in tasks}
+    by_task[1][0].update(completed_by=1, created_username=" carol@example.com, 1")
+    dan = {"id": 4, "first_name": "Dan", "last_name": "Lee", "email": ""}
+    by_task[5][0].update(completed_by=dan, updated_by=4)
+    # updated_by names someone else, who edited the annotation later: not the annotator
+    by_task[6][0].update(completed_by=1, updated_by="eve@example.com, 9")
+    by_task[7][1].update(completed_by=3, updated_by=3)
+    path.write_text(json.dumps(tasks), encoding="utf-8")
+    got = {r.image_id: r.reviewer for r in read_reviews(path)}
+    assert got == {
+        1: "carol@example.com",
+        2: "bob@example.com",
+        3: "1",
+        5: "Dan Lee",
+        6: "1",
+        7: "3",
+    }
+
+
+@pytest.mark.parametrize("fmt", ["label-studio-min", "label-studio-csv"])
+def test_flat_exports_reviewer(tmp_path, fmt):
+    rows = [make_row(i, root=tmp_path) for i in range(1, 6)]
+    shapes = [
+        {"annotator": 1},
+        {"annotator": "carol@example.com"},
+        {"annotator": 1, "created_username": "frank@example.com, 1"},
+        {"annotator": "7", "updated_by": "gina@example.com, 7"},
+        {"annotator": 2, "updated_by": "hal@example.com, 9"},
+    ]
+    records = [
+        {
+            "image_id": row.image_id,
+            "draft_caption": row.text,
+            "caption": "an edit",
+            "annotation_id": 10 + row.image_id,
+            "updated_at": "2024-05-01T10:00:00Z",
+            **shape,
+        }
+        for row, shape in zip(rows, shapes, strict=True)
+    ]
+    if fmt == "label-studio-min":
+        path = tmp_path / "min.json"
+        path.write_text(json.dumps(records), encoding="utf-8")
+    else:
+        path = tmp_path / "ls.csv"
+        columns = sorted({k for r in records for k in r})
+        lines = [",".join(columns)]
+        lines += [",".join(f'"{r.get(c, "")}"' for c in columns) for r in records]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert detect_format(path) == fmt
+    assert [r.reviewer for r in read_reviews(path)] == [
+        "1",
+        "carol@example.com",
+        "frank@example.com",
+        "gina@example.com",
+        "2",
+    ]
