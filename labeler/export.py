@@ -4,6 +4,11 @@ The store streams the selected drafts in order (store/exports.py) straight into 
 writer (labeler/formats), which writes atomically: a million drafts pass through in constant
 memory and a failed export leaves no partial file behind. A large export is read in a child
 process while this one writes (labeler/readahead.py).
+
+An export killed midway leaves its temporary file behind (a kill -9 runs no cleanup). Each export
+first removes such leftovers of dead writers beside its own targets (formats/atomic.py tells them
+from a live writer's by its lock) and reports how many, and their size, in the result. Sidecars
+are left out: their targets are spread over every image folder.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 from labeler import readahead
 from labeler.errors import InputError
 from labeler.formats import coco, cvat, hf, labelstudio, sidecar, tabular
+from labeler.formats.atomic import Removed, remove_leftovers
 from labeler.formats.rows import ExportResult
 from labeler.store import Store
 from labeler.store.exports import DEFAULT_SORT, DraftFilter, iter_drafts
@@ -42,6 +48,32 @@ def export_drafts(
         raise InputError(f"the {fmt} export needs an output path (-o)")
     if n_best < 1:
         raise InputError("--n-best must be at least 1")
+    removed = _remove_leftovers(fmt, dest, ground_truth)
+    result = _write(store, fmt, dest, spec=spec, sort=sort, n_best=n_best, force=force,
+                    document_root=document_root, url_prefix=url_prefix,
+                    ground_truth=ground_truth, extension=extension)  # fmt: skip
+    result.removed, result.removed_bytes = removed.count, removed.size
+    return result
+
+
+def _remove_leftovers(fmt: str, dest: Path | None, ground_truth: Path | None) -> Removed:
+    """Remove the temporary files that killed exports left beside this export's targets."""
+    if dest is None or fmt == "sidecar":
+        return Removed()
+    targets = [hf.metadata_path(dest) if fmt == "hf" else dest]
+    if fmt == "label-studio":
+        targets.append(labelstudio.config_path(dest))
+    if fmt == "coco" and ground_truth is not None:
+        targets.append(ground_truth)
+    removed = Removed()
+    for target in targets:
+        removed += remove_leftovers(target)
+    return removed
+
+
+def _write(store: Store, fmt: str, dest: Path | None, *, spec: DraftFilter, sort: str,
+           n_best: int, force: bool, document_root: Path | None, url_prefix: str | None,
+           ground_truth: Path | None, extension: str) -> ExportResult:  # fmt: skip
     with store.session() as session:
         rows = iter_drafts(session, spec, sort=sort, n_best=n_best)
         if readahead.worthwhile(store, session, spec):

@@ -24,6 +24,11 @@ failure before that leaves the old report as it was and no staging folder. An ex
 (index or folder) is replaced only with `force`: the old folder is moved aside, and deleted once
 the new index is in place. Between the two renames a reader may see the old index over the new
 pages for a moment; no rename spans two paths.
+
+A report killed midway (kill -9) leaves its staging folder, and one killed while publishing the
+folder it moved aside. Each holds a lock on its staging and old folders while it lives
+(formats/atomic.py), so the next report to the same place removes those of dead reports, never
+those of one running now, and reports how many and their size.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import secrets
 import shutil
 import time
 from collections import Counter, deque
@@ -44,7 +48,14 @@ from urllib.parse import quote
 
 from labeler import imageio, report_html
 from labeler.errors import InputError
-from labeler.formats.atomic import AtomicFile, check_destination
+from labeler.formats.atomic import (
+    AtomicFile,
+    check_destination,
+    create_locked,
+    lock_folder,
+    remove_leftovers,
+    temporary_name,
+)
 from labeler.formats.rows import ExportRow
 from labeler.pools import worker_pool
 from labeler.stats import compute_stats
@@ -73,6 +84,8 @@ class ReportResult:
     thumbnails: int = 0
     placeholders: Counter[str] = field(default_factory=Counter)  # by status: "missing", ...
     elapsed_s: float = 0.0
+    removed: int = 0  # staging folders and temporary files of killed reports, removed first
+    removed_bytes: int = 0
 
 
 @dataclass
@@ -121,9 +134,10 @@ def write_report(
     if progress is not None:
         progress(ReportProgress(0, total, 0))
     workers = 0 if not thumb_size else (os.cpu_count() or 1) if workers is None else workers
-    staging = dest.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+    removed = remove_leftovers(folder, kinds=("tmp", "old")) + remove_leftovers(dest)
+    result.removed, result.removed_bytes = removed.count, removed.size
+    staging, lock = create_locked(_make_folder, folder)
     try:
-        staging.mkdir()
         writer = _PageWriter(staging, dest.name, thumb_size, result, total, progress)
         with store.session() as session, worker_pool(workers, preload=["labeler.report"]) as pool:
             rows = iter_drafts(session, spec, sort=sort, n_best=n_best)
@@ -138,9 +152,16 @@ def write_report(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)  # held while this report lives: its staging folder is not a leftover
     result.pages = [folder / report_html.page_name(p.number) for p in pages]
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def _make_folder(path: Path) -> int:
+    os.mkdir(path)
+    return os.open(path, os.O_RDONLY)
 
 
 def _check(dest: Path, folder: Path, sort: str, least: int, thumb_size: int, force: bool) -> None:
@@ -263,11 +284,12 @@ def _publish(staging: Path, folder: Path, dest: Path, index: str, *, force: bool
     docstring). Each page's commit fsynced the staging folder; the index's fsyncs the parent."""
     file = AtomicFile(dest, force=force)
     old: Path | None = None
+    lock = -1  # on the old folder, so that another report never takes it for a leftover
     try:
         file.handle.write(index)
         file.close()
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.old")
+            old, lock = temporary_name(folder, "old"), lock_folder(folder)
             os.replace(folder, old)
         os.replace(staging, folder)
         file.commit()
@@ -278,5 +300,9 @@ def _publish(staging: Path, folder: Path, dest: Path, index: str, *, force: bool
         if old is not None:
             os.replace(old, folder)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if lock >= 0:
+            os.close(lock)

@@ -7,6 +7,9 @@ import base64
 import io
 import os
 import re
+import signal
+import subprocess
+import sys
 from datetime import datetime, timezone
 from html import escape
 from html.parser import HTMLParser
@@ -340,3 +343,92 @@ def test_the_report_command(store, captioner, tmp_path):
     assert again.exit_code == 1 and "already exists; use --force" in again.output
     forced = runner.invoke(app, [*args, "--force", "--thumb-size", "0"])
     assert forced.exit_code == 0 and "3 drafts in 1 pages, 0 thumbnails" in forced.output
+
+
+# Leftovers of killed reports ------------------------------------------------------------------
+
+REPORTER = """
+import sys, time
+from pathlib import Path
+from labeler.report import write_report
+from labeler.store import open_store
+
+def pause(progress):
+    if progress.done >= 2:  # page 1 is in the staging folder
+        print("ready", flush=True)
+        time.sleep(120)
+
+write_report(open_store(sys.argv[1]), Path(sys.argv[2]), per_page=2, workers=0, thumb_size=0,
+             progress=pause)
+"""
+
+
+@pytest.fixture
+def reporters():
+    """Start child processes paused midway through a report; kill those still alive at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(url: str, dest: Path) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", REPORTER, url, str(dest)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        started.append(process)
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            kill(process)
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def staging_folders(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob(".report_files.*"))
+
+
+def size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_the_next_report_removes_the_staging_folders_of_killed_reports(
+    store, store_url, captioner, tmp_path, reporters
+):
+    build(store, captioner, tmp_path / "photos", n=5)
+    dest = tmp_path / "report.html"
+    kill(reporters(store_url, dest))
+    aside = tmp_path / ".report_files.0123abcd.old"  # moved aside by a report killed publishing
+    aside.mkdir()
+    (aside / "page-0001.html").write_text("old page", encoding="utf-8")
+    (staging,) = [p for p in staging_folders(tmp_path) if p.suffix == ".tmp"]
+    assert [p.name for p in staging.iterdir()] == ["page-0001.html"]
+    size = size_of(staging) + size_of(aside)
+    result = write_report(store, dest, per_page=2, workers=0, thumb_size=0)
+    assert (result.removed, result.removed_bytes) == (2, size) and size > 1000
+    assert staging_folders(tmp_path) == [] and len(result.pages) == 3
+
+
+def test_a_running_reports_staging_folder_is_kept(store, store_url, captioner, tmp_path, reporters):
+    build(store, captioner, tmp_path / "photos", n=5)
+    dest = tmp_path / "report.html"
+    running = reporters(store_url, dest)
+    (staging,) = staging_folders(tmp_path)
+    result = write_report(store, dest, per_page=2, workers=0, thumb_size=0)
+    assert (result.removed, result.removed_bytes) == (0, 0)
+    assert staging_folders(tmp_path) == [staging] and running.poll() is None
+    kill(running)  # once its report is dead, the next one removes its folder
+    size = size_of(staging)
+    out = CliRunner().invoke(app, ["report", "--db", store.url, "-o", str(dest), "--force",
+                                   "--per-page", "2", "--thumb-size", "0"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert (f"removed 1 leftover staging folder or file ({size / 1e6:.1f} MB) of killed "
+            "reports") in out.output  # fmt: skip
+    assert staging_folders(tmp_path) == []

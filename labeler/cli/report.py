@@ -81,8 +81,13 @@ def report_cli(
             "index": str(result.index), "folder": str(result.folder), "pages": len(result.pages),
             "drafts": result.drafts, "thumbnails": result.thumbnails,
             "placeholders": dict(result.placeholders), "elapsed_s": round(result.elapsed_s, 3),
+            "removed": result.removed, "removed_bytes": result.removed_bytes,
         })  # fmt: skip
         return
+    if result.removed:
+        plural = "s" if result.removed != 1 else ""
+        console.print(f"removed {result.removed} leftover staging folder{plural} or file{plural} "
+                      f"({result.removed_bytes / 1e6:.1f} MB) of killed reports")  # fmt: skip
     console.print(
         f"{result.drafts} drafts in {len(result.pages)} pages, {result.thumbnails} thumbnails"
         + (f", {missing} without preview" if missing else "")

@@ -93,8 +93,14 @@ def export_cli(
     )  # fmt: skip
     if json_output:
         print_json({"count": result.count, "paths": [str(p) for p in result.paths],
-                    "skipped": result.skipped, "conflicts": result.conflicts})  # fmt: skip
+                    "skipped": result.skipped, "conflicts": result.conflicts,
+                    "removed": result.removed,
+                    "removed_bytes": result.removed_bytes})  # fmt: skip
         return
+    if result.removed:
+        console.print(f"removed {result.removed} leftover temporary "
+                      f"file{'s' if result.removed != 1 else ''} "
+                      f"({result.removed_bytes / 1e6:.1f} MB) of killed exports")  # fmt: skip
     where = ", ".join(str(p) for p in result.paths) or "next to the images"
     console.print(f"{result.count} drafts -> {where}", markup=False)
     if result.skipped or result.conflicts:

@@ -18,15 +18,138 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
-from collections.abc import Iterator, Sequence
+import shutil
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from labeler.errors import InputError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so leftovers are never judged dead
+    fcntl = None  # type: ignore[assignment]
+
 BUFFER_SIZE = 1 << 20  # large writes: a million rows should not cost a million syscalls
+ATTEMPTS = 5  # fresh names to try when a cleaner took a new temporary file before its lock
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Leftovers of dead writers that `remove_leftovers` deleted, and the bytes they held."""
+
+    count: int = 0
+    size: int = 0
+
+    def __add__(self, other: Removed) -> Removed:
+        return Removed(self.count + other.count, self.size + other.size)
+
+
+def temporary_name(dest: Path, kind: str = "tmp") -> Path:
+    """`.NAME.<8 hex>.tmp` beside `dest`: hidden, and matched by `remove_leftovers`."""
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.{kind}")
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock without waiting; False if another process holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        # Any other error: a file system without locks, where the writer goes on unprotected.
+        return exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    return True
+
+
+def _names(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file or folder open as `fd` (not removed or replaced)."""
+    try:
+        now, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def create_locked(make: Callable[[Path], int], dest: Path, kind: str = "tmp") -> tuple[Path, int]:
+    """A new temporary entry beside `dest` made by `make(path) -> fd`, locked by this process.
+
+    Between creating and locking, a cleaner may take the lock of the unlocked newcomer and remove
+    it; then the name no longer leads to our file and we start again under a fresh name.
+    """
+    for _ in range(ATTEMPTS):
+        path = temporary_name(dest, kind)
+        fd = make(path)
+        if _try_lock(fd) and _names(fd, path):
+            return path, fd
+        os.close(fd)
+    raise InputError(f"cannot create a temporary file beside {dest}: it keeps disappearing")
+
+
+def lock_folder(folder: Path) -> int:
+    """Open `folder` and lock it; the caller closes the descriptor to release it."""
+    fd = os.open(folder, os.O_RDONLY)
+    _try_lock(fd)
+    return fd
+
+
+def _size(path: Path) -> int:
+    """Bytes held by a file, or by everything under a folder (links not followed)."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def remove_leftovers(dest: Path, kinds: Sequence[str] = ("tmp",)) -> Removed:
+    """Remove the temporary files and folders of dead writers to `dest` (`.NAME.<hex>.tmp`).
+
+    An entry is a leftover when its lock can be taken: its writer is gone. A live writer holds
+    its lock, so its entry is left alone. Without `fcntl` nothing is removed.
+    """
+    if fcntl is None or not dest.parent.is_dir():
+        return Removed()
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{8}}\.(?:{'|'.join(kinds)})")
+    removed = Removed()
+    for entry in os.scandir(dest.parent):
+        if pattern.fullmatch(entry.name):
+            removed += _remove_if_dead(Path(entry.path))
+    return removed
+
+
+def _remove_if_dead(path: Path) -> Removed:
+    try:  # O_NOFOLLOW: a planted link is never followed; O_NONBLOCK: nor a fifo waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return Removed()
+    try:
+        assert fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return Removed()  # a live writer (or a file system without locks): keep it
+        if not _names(fd, path):
+            return Removed()  # another cleaner got there first
+        size = _size(path)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        return Removed(1, size)
+    except OSError:
+        return Removed()
+    finally:
+        os.close(fd)
 
 
 def check_destination(dest: Path, *, force: bool) -> None:
@@ -54,10 +177,14 @@ class AtomicFile:
         self.dest = dest
         self.force = force
         self.durable = durable
-        self.tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
         # O_EXCL with 0o666 lets the umask decide the permissions, as for any ordinary file
         # (mkstemp would leave the export readable by its owner only).
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.tmp, fd = create_locked(
+            lambda path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), dest
+        )
+        # The lock belongs to the open file, which this duplicate keeps open after the handle
+        # is closed, so the temporary file stays claimed until it is renamed or removed.
+        self._lock = os.dup(fd)
         try:
             # errors="replace": a file name that is not valid Unicode (kept by the scan as
             # surrogate escapes) must not abort the export; the output stays valid UTF-8.
@@ -72,7 +199,13 @@ class AtomicFile:
         except BaseException:
             os.close(fd)
             os.unlink(self.tmp)
+            self._release()
             raise
+
+    def _release(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def close(self) -> None:
         """Flush and, when durable, fsync, so the rename never exposes a half-written file."""
@@ -96,6 +229,7 @@ class AtomicFile:
         except OSError as exc:
             self.discard()
             raise InputError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
+        self._release()
         if self.durable:
             _fsync_folder(self.dest.parent)
 
@@ -120,6 +254,7 @@ class AtomicFile:
             self.handle.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
+        self._release()
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -263,12 +263,16 @@ class ExportResult:
     `paths` lists the files written, except for sidecars where it holds only the output folder
     (a list of a million paths would defeat streaming). `skipped` counts sidecars left alone
     because they existed, `conflicts` sidecars that two rows of this export mapped to.
+    `removed` counts the temporary files of killed exports that this one removed beside its
+    targets, `removed_bytes` their size.
     """
 
     count: int
     paths: list[Path] = field(default_factory=list)
     skipped: int = 0
     conflicts: int = 0
+    removed: int = 0
+    removed_bytes: int = 0
 
 
 @dataclass(frozen=True)

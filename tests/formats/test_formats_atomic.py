@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
+import imagefactory as make
 import pytest
+from captionkit import tiny_checkpoint
 from formats.test_formats_rows import make_row
+from typer.testing import CliRunner
 
+from labeler.caption import caption_images
+from labeler.cli import app
 from labeler.errors import InputError
+from labeler.export import export_drafts
 from labeler.formats import rows as rows_module
 from labeler.formats import (
     write_coco,
@@ -21,8 +31,11 @@ from labeler.formats import (
     write_label_studio,
     write_sidecar,
 )
-from labeler.formats.atomic import atomic_output, atomic_outputs
+from labeler.formats.atomic import AtomicFile, atomic_output, atomic_outputs, remove_leftovers
 from labeler.formats.labelstudio import config_path
+from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.drafts import DecodeSettings
+from labeler.scan import scan
 
 
 def failing_rows(root, after: int = 3):
@@ -128,3 +141,125 @@ def test_rows_are_streamed_not_collected(tmp_path, index, monkeypatch):
 
     writer(rows(), dest, **options)
     assert len(refs) == 59
+
+
+# Leftovers of killed writers ------------------------------------------------------------------
+
+PARTIAL = 300_000  # bytes the child writes before it is killed
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from labeler.formats.atomic import atomic_output
+with atomic_output(Path(sys.argv[1]), force=True) as out:
+    out.write("x" * int(sys.argv[2]))
+    out.flush()
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+class Writer:
+    """A child Python process midway through an atomic write to `dest`, until killed."""
+
+    def __init__(self, dest: Path, size: int = PARTIAL):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(dest), str(size)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "ready\n", "the writer did not start"
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        assert self.process.returncode == -signal.SIGKILL
+
+
+@pytest.fixture
+def writer_processes():
+    started: list[Writer] = []
+    yield lambda dest, size=PARTIAL: started.append(Writer(dest, size)) or started[-1]
+    for writer in started:
+        if writer.process.poll() is None:
+            writer.kill()
+
+
+def temporary_files(dest: Path) -> list[Path]:
+    return sorted(dest.parent.glob(f".{dest.name}.*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+    return ShowTellCaptioner.from_checkpoint(path, device="cpu")
+
+
+@pytest.fixture
+def drafted(store, tmp_path, captioner):
+    make.write_many(tmp_path / "photos", 3, size=(48, 40))
+    scan(store, [tmp_path / "photos"], workers=1)
+    settings = DecodeSettings(beam_size=2, max_len=6, n_best=2)
+    caption_images(store, captioner, settings=settings, workers=0, procs=0)
+    return store
+
+
+def test_the_next_export_removes_what_killed_exports_left_and_says_how_much(
+    drafted, tmp_path, writer_processes
+):
+    dest = tmp_path / "big.jsonl"
+    for size in (PARTIAL, 1000):
+        writer_processes(dest, size).kill()
+    leftovers = temporary_files(dest)
+    assert len(leftovers) == 2 and sum(p.stat().st_size for p in leftovers) == PARTIAL + 1000
+    result = export_drafts(drafted, "jsonl", dest)
+    assert (result.removed, result.removed_bytes) == (2, PARTIAL + 1000)
+    assert temporary_files(dest) == [] and result.count == 3 and dest.exists()
+    again = export_drafts(drafted, "jsonl", dest, force=True)
+    assert (again.removed, again.removed_bytes) == (0, 0)
+
+
+def test_a_live_writers_temporary_file_is_kept(drafted, tmp_path, writer_processes):
+    dest = tmp_path / "big.jsonl"
+    live = writer_processes(dest)
+    writer_processes(dest, 1000).kill()
+    (kept,) = [p for p in temporary_files(dest) if p.stat().st_size == PARTIAL]
+    result = export_drafts(drafted, "jsonl", dest)
+    assert (result.removed, result.removed_bytes) == (1, 1000)
+    assert temporary_files(dest) == [kept] and live.process.poll() is None
+    live.kill()  # once its writer is dead, the next export takes it
+    assert export_drafts(drafted, "jsonl", dest, force=True).removed_bytes == PARTIAL
+
+
+def test_the_export_command_says_what_it_removed(drafted, tmp_path, writer_processes):
+    dest = tmp_path / "big.jsonl"
+    writer_processes(dest).kill()
+    writer_processes(config_path(tmp_path / "tasks.json"), 200_000).kill()
+    args = ["export", "--db", drafted.url, "-f", "jsonl", "-o", str(dest)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "removed 1 leftover temporary file (0.3 MB) of killed exports" in out.output
+    # Every file of a pair is cleaned: Label Studio's config beside the tasks.
+    args = [*args[:3], "-f", "label-studio", "--url-prefix", "http://x", "-o",
+            str(tmp_path / "tasks.json")]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "removed 1 leftover temporary file (0.2 MB) of killed exports" in out.output
+
+
+def test_remove_leftovers_keeps_open_writers_and_unrelated_names(tmp_path):
+    dest = tmp_path / "a.txt"
+    unrelated = [tmp_path / ".a.txt.notahex.tmp", tmp_path / ".b.txt.0123abcd.tmp"]
+    for path in unrelated:
+        path.write_text("keep", encoding="utf-8")
+    (tmp_path / ".a.txt.0123abcd.tmp").write_text("dead", encoding="utf-8")  # nobody holds it
+    live = AtomicFile(dest, force=False)
+    live.handle.write("live")
+    live.close()  # closed but not yet renamed: still claimed
+    assert remove_leftovers(dest).count == 1
+    assert live.tmp.exists() and all(p.exists() for p in unrelated)
+    assert not (tmp_path / ".a.txt.0123abcd.tmp").exists()
+    live.commit()
+    assert dest.read_text(encoding="utf-8") == "live" and not live.tmp.exists()
