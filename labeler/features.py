@@ -302,7 +302,10 @@ def _compute(model, paths, hashes, todo, result, cache, device, precision, batch
 
 def encoder_stages(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     """The backbone's blocks that hold weights, input to output: resnet's conv1, bn1, layer1..4;
-    the children of `features` and `classifier` for the others. Fine-tuning trains the last few."""
+    the children of `features` and `classifier` for the others; a backbone that says its own
+    (EfficientNet-Lite's `stages()`) is taken at its word. Fine-tuning trains the last few."""
+    if hasattr(backbone, "stages"):
+        return list(backbone.stages())
     stages = []
     for name, child in backbone.named_children():
         nested = type(child) is torch.nn.Sequential and name in ("features", "classifier")

@@ -21,6 +21,7 @@ from labeler.errors import InputError
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.checkpoint import file_sha256, load_checkpoint
 from labeler.model.drafts import DecodeSettings
+from labeler.model.encoder import fetch_imagenet_weights
 from labeler.model.show_tell import ShowAndTell
 from labeler.model.vocab import Vocabulary
 from labeler.scan import scan
@@ -140,6 +141,24 @@ def test_fine_tuning_trains_the_last_stage_only(scenes, tmp_path):
     assert torch.equal(initial.layer3[0].conv1.weight, trained.layer3[0].conv1.weight)
     assert not torch.equal(initial.layer4[0].conv1.weight, trained.layer4[0].conv1.weight)
     assert torch.equal(initial.bn1.running_mean, trained.bn1.running_mean)  # kept in eval
+
+
+def test_fine_tuning_a_lite_backbone_trains_its_head_then_its_last_blocks(scenes, tmp_path):
+    settings = dataclasses.replace(TINY, epochs=1, fine_tune_encoder=True, encoder_lr=1e-2,
+                                   backbone="efficientnet_lite0", pretrained="DEFAULT",
+                                   fine_tune_stages=2, calibrate=False)  # fmt: skip
+    train(scenes, tmp_path / "model.pt", settings=settings)
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    trained = loaded.model.encoder.backbone
+    initial = ShowAndTell(loaded.config).encoder  # the packaged ImageNet weights it started from
+    initial.load_backbone_weights(fetch_imagenet_weights("efficientnet_lite0"), source="package")
+    before = initial.backbone
+    assert not torch.equal(before._conv_head.weight, trained._conv_head.weight)
+    assert not torch.equal(before._blocks[-1]._project_conv.weight,
+                           trained._blocks[-1]._project_conv.weight)  # fmt: skip
+    assert torch.equal(before._blocks[-2]._project_conv.weight,
+                       trained._blocks[-2]._project_conv.weight)  # fmt: skip
+    assert torch.equal(before._conv_stem.weight, trained._conv_stem.weight)
 
 
 def _review(session, image_id, outcome, text, when, caption_id=None):

@@ -194,6 +194,12 @@ class EfficientNetLite(nn.Module):
     def feature_size(self, taps: Sequence[int] = ()) -> int:
         return feature_size(self.name, taps)
 
+    def stages(self) -> list[nn.Module]:
+        """What fine-tuning counts in, input to output: the stem, each block, the head (each
+        convolution with its BatchNorm), so `fine_tune_stages=1` trains the head conv."""
+        return [nn.ModuleList([self._conv_stem, self._bn0]), *self._blocks,
+                nn.ModuleList([self._conv_head, self._bn1])]  # fmt: skip
+
     def features(self, x: torch.Tensor, taps: Sequence[int] = ()) -> torch.Tensor:
         """Images (B, 3, H, W) -> (B, F): [mean C_t, max C_t for t in taps] + pooled head 1280."""
         check_taps(self.name, taps)

@@ -190,3 +190,16 @@ def test_taps_only_on_lite_backbones_and_within_them():
         model = ShowAndTell(config)
         features = model.features(torch.empty(1, 3, 70, 50))  # shapes only, any input size
     assert features.shape == (1, 2 * 352 + 2 * 16 + 1280) == (1, model.encoder.feature_size)
+
+
+def test_fine_tuning_counts_the_head_then_the_blocks_as_stages():
+    from labeler.features import encoder_stages
+
+    net = EfficientNetLite("efficientnet_lite0")
+    stages = encoder_stages(net)
+    assert len(stages) == 2 + len(net._blocks)
+    head = {id(p) for p in stages[-1].parameters()}
+    assert head == {id(p) for m in (net._conv_head, net._bn1) for p in m.parameters()}
+    assert stages[-2] is net._blocks[-1] and stages[1] is net._blocks[0]
+    owned = {id(p) for stage in stages for p in stage.parameters()}
+    assert owned == {id(p) for n, p in net.named_parameters() if not n.startswith("_fc.")}
