@@ -223,25 +223,6 @@ def corpus_bleu(pairs: list[tuple[str, str]]) -> float | None:
     return float(score[3])
 
 
-def auroc(scored: list[tuple[float, bool]]) -> float | None:
-    """Area under the ROC curve of the score for the positives (ties count half); None unless
-    there are both positives and negatives."""
-    positives = sum(1 for _, p in scored if p)
-    negatives = len(scored) - positives
-    if not positives or not negatives:
-        return None
-    ordered = sorted(scored, key=lambda item: item[0])
-    rank_sum, i = 0.0, 0
-    while i < len(ordered):
-        j = i
-        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
-            j += 1
-        mean_rank = (i + j + 1) / 2  # ranks i+1..j, averaged over the tie
-        rank_sum += mean_rank * sum(1 for _, p in ordered[i:j] if p)
-        i = j
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
 def threshold_for(scored: list[tuple[float, bool]], target: float) -> float | None:
     """The lowest score t (p_accept) such that reviewed drafts scoring >= t were accepted at
     least `target` of the time; None when even the highest scored fall short."""

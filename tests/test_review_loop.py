@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from labeler import readahead
+from labeler.calibration import auroc
 from labeler.caption import caption_images
 from labeler.cli import app
 from labeler.errors import FormatError, InputError, LabelerError, StoreError
@@ -29,7 +30,7 @@ from labeler.importer import import_reviews
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
 from labeler.scan import scan
-from labeler.stats import SCORES, auroc, compute_stats, threshold_for, word_edit_distance
+from labeler.stats import SCORES, compute_stats, threshold_for, word_edit_distance
 from labeler.store import exports
 from labeler.store.exports import DraftFilter, iter_drafts
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
@@ -301,10 +302,10 @@ def test_stats_measure_p_accept_and_every_signal_against_reviews(drafted, tmp_pa
 
 
 def test_score_helpers_on_known_answers():
-    assert auroc([(0.9, True), (0.8, True), (0.2, False)]) == 1.0
-    assert auroc([(0.5, True), (0.5, False)]) == 0.5
-    assert auroc([(0.1, True), (0.9, False)]) == 0.0
-    assert auroc([(0.3, True)]) is None
+    assert auroc([0.9, 0.8, 0.2], [True, True, False]) == 1.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.1, 0.9], [True, False]) == 0.0
+    assert auroc([0.3], [True]) is None
     assert threshold_for([(0.9, True), (0.8, True), (0.7, False), (0.6, True)], 1.0) == 0.8
     assert threshold_for([(0.9, True), (0.8, True), (0.7, False), (0.6, True)], 0.75) == 0.6
     assert threshold_for([(0.9, False)], 0.5) is None
