@@ -14,6 +14,7 @@ from pathlib import Path
 
 import imagefactory as make
 import pytest
+from asnobody import run_as_nobody
 from captionkit import tiny_checkpoint
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -126,31 +127,14 @@ def _drafted_store(shared: Path, captioner) -> tuple[Path, Path]:  # type: ignor
 
 def _invoke_as_nobody(cwd: Path, *args: object) -> tuple[int, str]:
     """Run the CLI in a child that dropped to nobody: (exit code, stderr)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.chdir(cwd)
-            result = invoke(*args)
-            raised = result.exception
-            crash = None if raised is None or isinstance(raised, SystemExit) else repr(raised)
-            out = {"exit_code": result.exit_code, "stderr": result.stderr, "crash": crash}
-            os.write(write_end, json.dumps(out).encode())
-            code = 0
-        except BaseException as exc:  # tell the parent why
-            os.write(2, f"child failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        sent = pipe.read()
-    assert os.waitpid(pid, 0)[1] == 0, "the unprivileged child failed"
-    out = json.loads(sent)
+
+    def run() -> dict:
+        result = invoke(*args)
+        raised = result.exception
+        crash = None if raised is None or isinstance(raised, SystemExit) else repr(raised)
+        return {"exit_code": result.exit_code, "stderr": result.stderr, "crash": crash}
+
+    out = run_as_nobody(cwd, run)
     assert out["crash"] is None, f"a traceback, not a message: {out['crash']}"
     return out["exit_code"], out["stderr"]
 

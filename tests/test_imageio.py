@@ -17,6 +17,7 @@ import warnings
 
 import imagefactory as factory
 import pytest
+from asnobody import run_as_nobody
 from PIL import Image, ImageChops, ImageOps
 
 from labeler import imageio
@@ -206,28 +207,8 @@ def test_missing_directory_fifo_and_link_loop(tmp_path):
 
 
 def _probe_as_nobody(folder, names):
-    """(status, reason) of probe() for each name, run in a forked child that has dropped root
-    for uid/gid 65534, with `folder` as its working directory."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.chdir(folder)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            results = [probe(name) for name in names]
-            os.write(write_end, pickle.dumps([(r.status, r.reason) for r in results]))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        payload = pipe.read()
-    _, code = os.waitpid(pid, 0)
-    assert code == 0 and payload, "the unprivileged child failed"
-    return pickle.loads(payload)
+    """(status, reason) of probe() for each name, as nobody with `folder` as working directory."""
+    return run_as_nobody(folder, lambda: [(r.status, r.reason) for r in map(probe, names)])
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
