@@ -26,7 +26,7 @@ EXPECTED_COLUMNS = {
     "models": ["id", "content_hash", "name", "family", "source", "info", "registered_at"],
     "caption_runs": [
         "id", "model_id", "settings_key", "settings", "status", "host", "pid", "started_at",
-        "finished_at", "counts", "timings", "error",
+        "finished_at", "counts", "timings", "error", "process_started",
     ],
     "captions": [
         "id", "image_id", "model_id", "settings_key", "run_id", "rank", "text",
@@ -40,11 +40,11 @@ EXPECTED_COLUMNS = {
     ],
     "reviews": [
         "id", "image_id", "caption_id", "text", "outcome", "reviewer", "reviewed_at", "source",
-        "fingerprint", "imported_at",
+        "fingerprint", "imported_at", "draft_text", "external_id", "external_updated_at",
     ],
     "caption_claims": [
         "id", "model_id", "settings_key", "content_hash", "worker", "run_id", "claimed_at",
-        "expires_at",
+        "expires_at", "host", "pid", "process_started",
     ],
     "alembic_version": ["version_num"],
 }  # fmt: skip
@@ -353,4 +353,70 @@ def test_0003_downgrades_and_upgrades_again_with_its_rows(store_url):
         command.upgrade(alembic_config(conn), "head")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT p_accept FROM captions WHERE id = 11")).scalar() == 0.625
+    engine.dispose()
+
+
+def _insert_run_links(conn) -> None:
+    """A caption run that made draft 11 and holds a claim, and an acceptance whose draft is gone."""
+    conn.execute(
+        text(
+            "INSERT INTO caption_runs (id, model_id, settings_key, settings, status, started_at) "
+            "VALUES (5, 3, 'k', '{}', 'running', CURRENT_TIMESTAMP)"
+        )
+    )
+    conn.execute(text("UPDATE captions SET run_id = 5 WHERE id = 11"))
+    conn.execute(
+        text(
+            "INSERT INTO caption_claims (id, model_id, settings_key, content_hash, worker, run_id, "
+            "claimed_at, expires_at) VALUES (1, 3, 'k', :h, 'w', 5, CURRENT_TIMESTAMP, "
+            "CURRENT_TIMESTAMP)"
+        ),
+        {"h": "b" * 64},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO reviews (id, image_id, caption_id, text, outcome, fingerprint, "
+            "imported_at) VALUES (2, 7, NULL, 'a dog', 'accepted', 'fp2', CURRENT_TIMESTAMP)"
+        )
+    )
+
+
+def _run_links(conn) -> list[tuple]:
+    return [
+        conn.execute(text("SELECT run_id FROM captions WHERE id = 11")).scalar(),
+        conn.execute(text("SELECT run_id FROM caption_claims WHERE id = 1")).scalar(),
+        conn.execute(text("SELECT caption_id FROM reviews WHERE id = 1")).scalar(),
+    ]
+
+
+def test_0004_binds_reviews_to_their_draft_text_and_keeps_run_links(store_url):
+    engine = _store_at(store_url, "0002")
+    with engine.connect() as conn, conn.begin():
+        _insert_drafted_rows(conn)
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), "0003")
+        _insert_run_links(conn)
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), "0004")
+    with engine.connect() as conn:
+        # SQLite rebuilt caption_runs: the drafts and claims still name their run
+        assert _run_links(conn) == [5, 5, 11]
+        drafted = conn.execute(text("SELECT id, draft_text FROM reviews ORDER BY id")).all()
+        assert [tuple(r) for r in drafted] == [(1, "a cat"), (2, "a dog")]
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text("UPDATE caption_runs SET status = 'abandoned' WHERE id = 5"))
+    with pytest.raises(IntegrityError), engine.connect() as conn, conn.begin():
+        conn.execute(text("UPDATE caption_runs SET status = 'lost' WHERE id = 5"))
+    with pytest.raises(IntegrityError), engine.connect() as conn, conn.begin():
+        conn.execute(text("UPDATE reviews SET external_id = 'ls:1' WHERE id IN (1, 2)"))
+    with engine.connect() as conn, conn.begin():
+        command.downgrade(alembic_config(conn), "0003")
+    with engine.connect() as conn:
+        assert _run_links(conn) == [5, 5, 11]
+        assert conn.execute(text("SELECT status FROM caption_runs")).scalar() == "failed"
+        assert "draft_text" not in [c["name"] for c in inspect(conn).get_columns("reviews")]
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(alembic_config(conn), "head")
+    with engine.connect() as conn:
+        assert _run_links(conn) == [5, 5, 11]
     engine.dispose()

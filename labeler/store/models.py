@@ -51,7 +51,7 @@ NAMING_CONVENTION = {
 }
 
 IMAGE_STATUSES = ("ok", "unreadable", "unsupported", "too_large", "missing")
-RUN_STATUSES = ("running", "completed", "interrupted", "failed")
+RUN_STATUSES = ("running", "completed", "interrupted", "failed", "abandoned")
 REVIEW_OUTCOMES = ("accepted", "edited", "rejected", "skipped")
 CALIBRATOR_SOURCES = ("validation", "reviews")
 
@@ -128,6 +128,9 @@ class CaptionRun(Base):
     status: Mapped[str] = mapped_column(String(16))
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
+    # The worker process's start time (seconds since the epoch, as the OS reports it): with host
+    # and pid it tells a dead worker from a live one that reused the pid.
+    process_started: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # captioned, failed by reason...
@@ -203,6 +206,7 @@ class Review(Base):
     __tablename__ = "reviews"
     __table_args__ = (
         Index(None, "image_id", "reviewed_at"),
+        Index(None, "external_id", unique=True),
         CheckConstraint(_in("outcome", REVIEW_OUTCOMES), name="outcome"),
     )
 
@@ -214,6 +218,13 @@ class Review(Base):
     reviewer: Mapped[str | None] = mapped_column(String(200))
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     source: Mapped[str | None] = mapped_column(Text)  # the imported file
+    # The text of the draft the review judged: it counts for that draft, and for any draft of the
+    # image with the same text (caption_id is lost when the draft is re-made; this is not).
+    draft_text: Mapped[str | None] = mapped_column(Text)
+    # The review tool's own identity of the review (e.g. a Label Studio annotation) and when the
+    # tool last changed it: the same annotation from any file is one review; a newer one replaces it
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    external_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Hash of what the review says; importing the same file twice adds nothing.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -233,6 +244,10 @@ class CaptionClaim(Base):
     settings_key: Mapped[str] = mapped_column(String(32))
     content_hash: Mapped[str] = mapped_column(String(64))
     worker: Mapped[str] = mapped_column(String(200))  # host, pid and a random suffix
+    # Who holds the claim: on the same host a claim whose process is gone is free at once.
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_started: Mapped[float | None] = mapped_column(Float)  # as in caption_runs
     run_id: Mapped[int | None] = mapped_column(ForeignKey("caption_runs.id", ondelete="SET NULL"))
     claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
