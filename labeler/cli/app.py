@@ -37,6 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help wraps every line at the terminal's width; rich's option tables cut long
+    # option names and words short at 80 columns ("--no-include-st…")
+    rich_markup_mode=None,
 )
 
 DbOption = Annotated[
