@@ -24,10 +24,17 @@ def backends() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch) -> None:
-    """Run every test in its own folder with its own default store."""
+    """Run every test in its own folder with its own default store, home and caches: nothing a
+    test does reads or writes the user's files, and nothing the user has changes a test."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LABELER_DB", str(tmp_path / "labeler.db"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, folder in (("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
+                         ("XDG_DATA_HOME", "data"), ("HF_HOME", "hf-home"),
+                         ("HF_DATASETS_CACHE", "hf-datasets")):  # fmt: skip
+        monkeypatch.setenv(name, str(tmp_path / "home" / folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def _admin_url() -> str:
