@@ -14,6 +14,7 @@ million images) and looking for the ones left unticked.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -155,9 +156,12 @@ def _target(ds, raw: bytes) -> _Target:  # type: ignore[no-untyped-def]
     root = bytes(ds.root_raw)
     folder = raw if os.path.isdir(raw) else os.path.dirname(raw)
     if os.path.commonpath([root, folder]) != root:
+        # A root that is gone most likely moved: point to the command that follows it.
+        gone = "" if os.path.isdir(root) else ", which no longer exists"
         raise InputError(
-            f"{display(raw)} is outside dataset '{ds.name}' (root {ds.root}); "
-            "name another dataset with --dataset"
+            f"{display(raw)} is outside dataset '{ds.name}' (root {ds.root}{gone}); "
+            "name another dataset with --dataset, or if the dataset moved there, run "
+            f"labeler datasets move {shlex.quote(ds.name)} {shlex.quote(display(folder))}"
         )
     rel = os.path.relpath(folder, root)
     prefix = b"" if rel == b"." else rel + b"/"

@@ -1,4 +1,4 @@
-"""`labeler scan` and `labeler datasets`."""
+"""`labeler scan`, `labeler datasets` and `labeler datasets move`."""
 
 from __future__ import annotations
 
@@ -71,9 +71,18 @@ def scan_cli(
     _render_scan(result)
 
 
-@app.command("datasets")
-def datasets_cli(db: DbOption = None, json_output: JsonOption = False) -> None:
-    """List the datasets in the store with their images counted by status."""
+datasets_app = typer.Typer(no_args_is_help=False)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.callback(invoke_without_command=True)
+def datasets_cli(ctx: typer.Context, db: DbOption = None, json_output: JsonOption = False) -> None:
+    """List the datasets in the store with their images counted by status.
+
+    `labeler datasets move NAME NEW_ROOT` points a dataset at the folder it moved to.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from labeler.store import images as image_store
     from labeler.store.models import IMAGE_STATUSES
 
@@ -88,6 +97,38 @@ def datasets_cli(db: DbOption = None, json_output: JsonOption = False) -> None:
         cells = [str(by_status.get(s, 0)) for s in IMAGE_STATUSES]
         table.add_row(name, str(sum(by_status.values())), *cells)
     console.print(table)
+
+
+@datasets_app.command("move")
+def move_cli(
+    name: Annotated[str, typer.Argument(help="The dataset to move.")],
+    new_root: Annotated[Path, typer.Argument(help="The folder its images are in now.")],
+    dry_run: Annotated[
+        bool, typer.Option(help="Check the files and report; change nothing.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Move even when no file matches.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Hashing processes; default: cores.")] = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Point dataset NAME at NEW_ROOT, keeping its image ids, drafts and reviews.
+
+    Every image is checked at NEW_ROOT by relative path, size and content hash; those that did
+    not match are reported, and the next `labeler scan NAME NEW_ROOT` marks them changed or
+    missing.
+    """
+    from labeler.relocate import move_dataset
+
+    store = open_store_for(db, create=False)
+    with progress("Checking", json_output) as report:
+        result = move_dataset(
+            store, name, new_root, dry_run=dry_run, force=force, workers=workers,
+            progress=lambda done, total: report(done, total=total),
+        )  # fmt: skip
+    if json_output:
+        print_json(_move_json(result))
+        return
+    _render_move(result)
 
 
 def _scan_json(result) -> dict:  # type: ignore[no-untyped-def]
@@ -129,3 +170,50 @@ def _render_scan(result) -> None:  # type: ignore[no-untyped-def]
     if result.skipped:
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
         console.print(f"Passed over: {skipped}", markup=False)
+
+
+def _move_json(result) -> dict:  # type: ignore[no-untyped-def]
+    from labeler.relocate import OUTCOMES
+
+    return {
+        "dataset": result.dataset,
+        "old_root": result.old_root,
+        "new_root": result.new_root,
+        "moved": result.moved,
+        "checked": result.checked,
+        **{outcome: getattr(result, outcome) for outcome in OUTCOMES},
+        "unchecked": result.unchecked,
+        "examples": {
+            outcome: [{"path": e.path, "reason": e.reason} for e in examples]
+            for outcome, examples in result.examples.items()
+        },
+        "bytes_hashed": result.bytes_hashed,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+
+
+def _render_move(result) -> None:  # type: ignore[no-untyped-def]
+    def say(text: str) -> None:  # paths are never wrapped, so they can be copied
+        console.print(text, markup=False, soft_wrap=True)
+
+    rate = result.checked / result.elapsed_s if result.elapsed_s else 0.0
+    say(
+        f"{result.checked} images checked in {result.elapsed_s:.1f} s ({rate:.0f}/s, "
+        f"{result.bytes_hashed / 1e6:.1f} MB hashed)"
+    )
+    say(
+        f"{result.matched} matched, {result.changed} changed, {result.missing} missing, "
+        f"{result.unreadable} unreadable"
+    )
+    if result.unchecked:
+        say(f"{result.unchecked} images not checked (missing or never read)")
+    for outcome, examples in result.examples.items():
+        say(f"{outcome}, e.g. " + "; ".join(f"{e.path} ({e.reason})" for e in examples))
+    if result.moved:
+        say(f"Moved '{result.dataset}' from {result.old_root} to {result.new_root}")
+        if result.checked != result.matched:
+            say("Run labeler scan on it to record the files that did not match")
+    elif result.checked and not result.matched:
+        say("Dry run, nothing changed: no file matched, so the move needs --force")
+    else:
+        say("Dry run, nothing changed")

@@ -217,3 +217,82 @@ def find_image(session: Session, dataset_id: int, path: str | bytes) -> Image | 
     return session.scalar(
         select(Image).where(Image.dataset_id == dataset_id, Image.path_raw == raw)
     )
+
+
+# Moving a dataset's root (labeler.relocate) ---------------------------------------------------
+
+
+class StoredFile(NamedTuple):
+    """What a move checks an image's file against."""
+
+    id: int
+    path_raw: bytes
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str
+
+
+def _verifiable(dataset_id: int) -> tuple[Any, ...]:
+    """Images whose content the store knows: not missing, and read at least once."""
+    return (
+        Image.dataset_id == dataset_id,
+        Image.status != "missing",
+        Image.content_hash.is_not(None),
+    )
+
+
+def count_verifiable(session: Session, dataset_id: int) -> tuple[int, int]:
+    """(images a move can check by content, the dataset's other images)."""
+    total = session.scalar(select(func.count()).where(Image.dataset_id == dataset_id)) or 0
+    verifiable = session.scalar(select(func.count()).where(*_verifiable(dataset_id))) or 0
+    return verifiable, total - verifiable
+
+
+def verifiable_files(
+    session: Session, dataset_id: int, *, after_id: int, limit: int
+) -> list[StoredFile]:
+    """The next `limit` checkable images by id after `after_id` (keyset pages, short reads)."""
+    rows = session.execute(
+        select(Image.id, Image.path_raw, Image.size, Image.mtime_ns, Image.content_hash)
+        .where(*_verifiable(dataset_id), Image.id > after_id)
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    return [StoredFile(i, bytes(raw), size, mtime, h) for i, raw, size, mtime, h in rows]
+
+
+def datasets_at_root(session: Session, root_raw: bytes) -> list[str]:
+    """Names of the datasets whose root is exactly this folder."""
+    return list(
+        session.scalars(
+            select(Dataset.name).where(Dataset.root_raw == root_raw).order_by(Dataset.name)
+        )
+    )
+
+
+def set_root(session: Session, dataset_id: int, *, was: bytes, root: str, root_raw: bytes) -> bool:
+    """Point a dataset at another folder, if its root is still `was`; False when it is not (another
+    process moved it meanwhile). Image rows, their ids, drafts and reviews are untouched."""
+    result = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.root_raw == was)
+        .values(root=root, root_raw=root_raw)
+    )
+    return result.rowcount == 1
+
+
+def set_mtimes(session: Session, mtimes: Iterable[tuple[int, int | None]]) -> int:
+    """Set images' recorded modification times, as (image id, mtime_ns or None) pairs. None makes
+    the next scan read the file again, whatever its size and time."""
+    stmt = update(Image).where(Image.id == bindparam("image_id")).values(mtime_ns=bindparam("m"))
+    connection = session.connection()
+    batch: list[dict[str, int | None]] = []
+    done = 0
+    for image_id, mtime_ns in mtimes:
+        batch.append({"image_id": image_id, "m": mtime_ns})
+        if len(batch) >= LOOKUP_CHUNK:
+            connection.execute(stmt, batch)
+            done, batch = done + len(batch), []
+    if batch:
+        connection.execute(stmt, batch)
+    return done + len(batch)
