@@ -94,7 +94,7 @@ def export_cli(
     if json_output:
         print_json({"count": result.count, "paths": [str(p) for p in result.paths],
                     "skipped": result.skipped, "conflicts": result.conflicts,
-                    "removed": result.removed,
+                    "rejected": result.rejected, "removed": result.removed,
                     "removed_bytes": result.removed_bytes})  # fmt: skip
         return
     if result.removed:
@@ -106,6 +106,8 @@ def export_cli(
     if result.skipped or result.conflicts:
         console.print(f"{result.skipped} existing files kept (use --force), "
                       f"{result.conflicts} paths claimed twice")  # fmt: skip
+    if result.rejected:
+        console.print(f"{result.rejected} images whose draft was rejected got no sidecar")
 
 
 @app.command("import")

@@ -271,6 +271,7 @@ class ExportResult:
     paths: list[Path] = field(default_factory=list)
     skipped: int = 0
     conflicts: int = 0
+    rejected: int = 0  # sidecars: images whose draft a reviewer rejected get none
     removed: int = 0
     removed_bytes: int = 0
 

@@ -2,7 +2,9 @@
 
 One UTF-8 file per image holding one line: the caption to train on (the reviewer's text when
 the draft was edited, else the draft), whitespace collapsed so a newline in a caption cannot
-split it. No trailing newline: some trainers read the whole file as the prompt.
+split it. No trailing newline: some trainers read the whole file as the prompt. An image whose
+draft a reviewer rejected gets no sidecar (a trainer would learn the caption judged wrong); it
+is counted as `rejected`, and a sidecar already there is left as it is.
 
 Sidecars go next to each image, or under an output folder that mirrors the images' paths
 relative to their dataset root. Each file is atomic on its own (temporary file, rename), and an
@@ -70,6 +72,9 @@ def write_sidecar(
     result = ExportResult(count=0, paths=[dest] if dest is not None else [])
     try:
         for row in rows:
+            if row.review_outcome == "rejected":
+                result.rejected += 1
+                continue
             target = sidecar_path(row, extension, dest)
             key = str(target)
             if key in written:

@@ -50,6 +50,18 @@ def test_mirror_folder_and_conflicts(tmp_path):
     assert (out / "y" / "b.txt").exists()
 
 
+def test_a_rejected_draft_gets_no_sidecar(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows = [
+        replace(make_row(1, root=tmp_path), review_outcome="rejected"),
+        replace(make_row(2, root=tmp_path), review_outcome="skipped"),
+        replace(make_row(3, root=tmp_path), review_outcome="accepted"),
+    ]
+    result = write_sidecar(iter(rows))
+    assert (result.count, result.rejected) == (2, 1)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["img_002.txt", "img_003.txt"]
+
+
 def test_bad_options(tmp_path):
     with pytest.raises(InputError, match="extension must be one of"):
         write_sidecar([make_row(1)], tmp_path, extension=".png")
