@@ -15,7 +15,7 @@ Measured side by side in one run, per backbone, on generated 1600x1200 JPEGs, ra
 Each is run `--repeat` times, interleaved, and the best of each is compared: on a shared virtual
 machine the same run of (a) varies by 10-25% from one minute to the next, and the best run is
 the one least disturbed by the neighbours. Every run's figure is printed too.
-Goals (issue 5): (b)/(a) >= 0.85 and (b)/(c) >= 3. On a CPU the decoding shares the model's
+Goals: (b)/(a) >= 0.85 and (b)/(c) >= 3. On a CPU the decoding shares the model's
 cores, so the script also prints the cap that alone puts on (b)/(a): model / (model + decode),
 in core-time per image, both measured in the same run. Then peak resident memory of (b) on N and
 10N images (in fresh processes, with a small model so the run stays short): goal <= 1.2x.

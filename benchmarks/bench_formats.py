@@ -11,7 +11,7 @@ peaks match. Generating the rows alone is timed too: the writer's own cost is th
 gives the Python-level allocation peak at both sizes. Finally a reviewed CSV of `--reviewed`
 rows (a third accepted, a third edited, a third rejected) is parsed with `read_reviews`.
 
-Absolute numbers on a shared machine are noise; compare the lines of one run (DESIGN.md).
+Absolute numbers on a shared machine are noise; compare the lines of one run.
 """
 
 from __future__ import annotations

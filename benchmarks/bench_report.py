@@ -11,7 +11,7 @@ is measured. Side by side in one run:
 - `write_report` with thumbnails inline (workers=0), with the default pool, and without
   thumbnails (the cost of the store, the HTML and the atomic writes alone);
 each report in a fresh subprocess so that its peak resident memory is its own. Absolute numbers
-on a shared machine are noise; compare the lines of one run (DESIGN.md).
+on a shared machine are noise; compare the lines of one run.
 """
 
 from __future__ import annotations

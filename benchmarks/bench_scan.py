@@ -3,7 +3,7 @@
     python benchmarks/bench_scan.py                 # 100,000 small generated images
     python benchmarks/bench_scan.py --files 5000    # a quick look
 
-Goals (issue 2): first scan at least half the rate of plain read + sha256 in one process;
+Goals: first scan at least half the rate of plain read + sha256 in one process;
 a re-scan of the unchanged folder at least 20 times faster than the first scan. Also printed:
 listing and stat-ing every file and nothing else, the least any re-scan must do (a file changed
 in place changes its own mtime, not its folder's), against the rate both goals together ask of

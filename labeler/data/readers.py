@@ -6,8 +6,8 @@ about syntax: it merges the captions of one image, refuses an image placed in tw
 the requested split, and checks each image (a cheap existence check, then Pillow's header read,
 never a full decode). A missing or unreadable image is skipped and counted, never an error, because
 a large data set always has a few; a malformed file is an error, because training on half a file
-silently is worse than stopping. The store's reviewed captions (issue 4 section 1) are meant to
-become one more reader that feeds the same builder from a database session instead of a file.
+silently is worse than stopping. The store's reviewed captions are one more reader
+(labeler/data/store_reader.py) that feeds the same builder from a database session.
 
 `split` means "keep only this split" for a format that names splits (Karpathy JSON, Flickr8k with
 its split lists, a CSV/JSONL with a `split` column) and "the split every image gets" (default
