@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -41,6 +40,7 @@ import torch
 
 from labeler import imageio, loader
 from labeler.errors import InputError
+from labeler.formats.atomic import atomic_binary
 from labeler.model.preprocessing import Preprocessing
 from labeler.model.show_tell import ShowAndTell
 from labeler.pools import worker_pool
@@ -135,22 +135,13 @@ class FeatureCache:
             _atomic_write(info, json.dumps({"key": self.key, **self.info}, indent=2).encode())
         payload = {"hashes": list(hashes), "features": features.detach().float().cpu().clone()}
         name = f"shard-{os.getpid()}-{secrets.token_hex(6)}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_binary(self.folder / name) as output:
+            torch.save(payload, output.handle)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_binary(path) as output:
+        output.handle.write(data)
 
 
 def hash_files(paths: Sequence[Path]) -> list[str | None]:

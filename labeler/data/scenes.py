@@ -18,7 +18,6 @@ fields (`objects`, `hard`, `hard_kind`) travel in `CaptionedImage.extra`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from labeler.errors import InputError
+from labeler.formats.atomic import atomic_binary
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COLOURS = {  # saturated and far apart in hue, so a colour name is never a judgement call
@@ -161,9 +161,8 @@ def generate_scenes(
         "images": records,
     }
     json_path = out_dir / JSON_NAME
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, json_path)  # written last and atomically: a JSON means every image exists
+    with atomic_binary(json_path) as output:  # written last: a JSON means every image exists
+        output.handle.write(json.dumps(doc).encode())
     return ScenesResult(json_path, images_dir, count, len(hard), dict(Counter(split_names)))
 
 

@@ -6,6 +6,9 @@ Without `force` the rename is a hard link, which fails if the destination appear
 so an existing file is never replaced even by a race. If anything raises before the rename,
 the temporary file is removed and the destination is untouched.
 
+Every file the project writes whole goes through here: exports, reports, checkpoints, feature
+shards and generated data sets (`atomic_binary` for bytes).
+
 Several outputs that belong together (tasks and their labeling config, COCO results and
 ground truth) are written by `atomic_outputs`: every destination is checked before anything
 is written, every temporary file is complete and fsynced before the first rename, and the
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from labeler.errors import InputError
 
@@ -173,6 +176,7 @@ class AtomicFile:
         encoding: str = "utf-8",
         newline=None,
         durable: bool = True,
+        binary: bool = False,
     ):
         self.dest = dest
         self.force = force
@@ -188,14 +192,17 @@ class AtomicFile:
         try:
             # errors="replace": a file name that is not valid Unicode (kept by the scan as
             # surrogate escapes) must not abort the export; the output stays valid UTF-8.
-            self.handle: TextIO = open(  # noqa: SIM115 - closed in close()/discard()
-                fd,
-                "w",
-                encoding=encoding,
-                errors="replace",
-                newline=newline,
-                buffering=BUFFER_SIZE,
-            )
+            if binary:  # checkpoints, feature shards: torch.save writes bytes
+                self.handle: Any = open(fd, "wb", buffering=BUFFER_SIZE)  # noqa: SIM115
+            else:
+                self.handle = open(  # noqa: SIM115 - closed in close()/discard()
+                    fd,
+                    "w",
+                    encoding=encoding,
+                    errors="replace",
+                    newline=newline,
+                    buffering=BUFFER_SIZE,
+                )
         except BaseException:
             os.close(fd)
             os.unlink(self.tmp)
@@ -307,3 +314,18 @@ def atomic_output(
     """A single atomic text output: see the module docstring."""
     with atomic_outputs([dest], force=force, encoding=encoding, newline=newline) as (handle,):
         yield handle
+
+
+@contextmanager
+def atomic_binary(dest: Path, *, force: bool = True) -> Iterator[AtomicFile]:
+    """A single atomic binary output (checkpoints, feature shards, a generated data set's
+    JSON): the AtomicFile, whose `handle` takes the bytes and whose `tmp` may be read before
+    the rename. Replaces an existing file unless `force` is False."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    output = AtomicFile(dest, force=force, binary=True)
+    try:
+        yield output
+    except BaseException:
+        output.discard()
+        raise
+    output.commit()

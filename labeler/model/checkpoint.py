@@ -24,8 +24,6 @@ run leaves either the old checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 
 from labeler import __version__
 from labeler.errors import ModelError
+from labeler.formats.atomic import atomic_binary
 from labeler.model.preprocessing import Preprocessing
 from labeler.model.show_tell import ModelConfig, ShowAndTell
 from labeler.model.vocab import Vocabulary
@@ -94,18 +93,10 @@ def save_checkpoint(
 def atomic_torch_save(payload: dict, path: Path) -> str:
     """torch.save to a temporary file beside `path`, fsync, rename; returns the sha256 hex of
     the bytes. A crash at any point leaves the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_binary(path) as output:
+        torch.save(payload, output.handle)
+        output.close()  # flushed and fsynced: the digest is of the bytes the rename exposes
+        digest = file_sha256(output.tmp)
     return digest
 
 
