@@ -215,3 +215,28 @@ def test_train_and_scenes_commands(tmp_path):
     assert summary["checkpoint"] == str(tmp_path / "m.pt") and summary["best_epoch"] == 1
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_ctrl_c_before_the_first_epoch_ends_fails_in_text_and_json_mode(
+    tmp_path, monkeypatch, json_flag
+):
+    import labeler.train
+
+    def ctrl_c(self, epoch):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # as a Ctrl-C during the first epoch
+
+    monkeypatch.setattr(labeler.train._Run, "train_epoch", ctrl_c)
+    runner = CliRunner()
+    made = runner.invoke(app, ["scenes", str(tmp_path / "s"), "--count", "12", "--size", "40"])
+    assert made.exit_code == 0, made.output
+    args = ["train", str(tmp_path / "s" / "dataset_scenes.json"), "-o", str(tmp_path / "m.pt"),
+            "--image-size", "32", "--embed-size", "8", "--hidden-size", "8", "--epochs", "1",
+            "--batch-size", "4", "--min-word-count", "1", "--workers", "0", *json_flag]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "nothing was saved" in result.output
+    assert not (tmp_path / "m.pt").exists()
+    if json_flag:
+        summary = json.loads(result.stdout)
+        assert summary["checkpoint"] is None and summary["stopped"] == "interrupted"

@@ -131,9 +131,14 @@ def train_cli(
             on_epoch=None if json_output else _print_epoch,
         )  # fmt: skip
     if json_output:
-        print_json(_train_json(result))
+        print_json(_train_json(result))  # what was done, then the same failure as text mode
+        if result.checkpoint is None:
+            raise InputError(NOTHING_SAVED)
     else:
         _render_train(result)
+
+
+NOTHING_SAVED = "interrupted before the first epoch ended: nothing was saved"
 
 
 def _taps(text: str | None) -> tuple[int, ...]:
@@ -195,7 +200,7 @@ def _render_train(result) -> None:  # type: ignore[no-untyped-def]
                   f"{result.features_computed} computed, {result.features_reused} cached",
                   markup=False)  # fmt: skip
     if result.checkpoint is None:
-        raise InputError("interrupted before the first epoch ended: nothing was saved")
+        raise InputError(NOTHING_SAVED)
     console.print(f"{result.stopped}: best epoch {result.best_epoch} (validation loss "
                   f"{result.best_val_loss:.3f}) -> {result.checkpoint}, "
                   f"{result.elapsed_s:.1f} s on {result.device}", markup=False)  # fmt: skip
