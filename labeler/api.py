@@ -11,6 +11,10 @@
     store.export("review.csv", format="csv", max_p_accept=0.5)
     store.import_reviews("reviewed.csv")
 
+In a script (not a notebook), call these under `if __name__ == "__main__":`: scan, caption and
+export start worker processes, which import the script that started them again (Python's rule
+for the forkserver and spawn start methods), and unguarded calls would run again there.
+
 Every method takes the options of its command, by keyword, with the same names as the library
 functions (`datasets=` for `--dataset`, `path_glob=` for `--path`); errors are the library's
 (labeler.errors), one line each. Importing labeler stays light: torch, pandas and the store are
@@ -89,7 +93,7 @@ class LabelerStore:
 
     # -- caption -----------------------------------------------------------------------------
 
-    def caption(self, model: PathLike, *, device: str | None = None, **options: Any):  # type: ignore[no-untyped-def]
+    def caption(self, model: PathLike, *, device: str = "auto", **options: Any):  # type: ignore[no-untyped-def]
         """`labeler caption --model CHECKPOINT`: returns the CaptionResult. Decoding options
         (beam_size, max_len, min_len, length_penalty, n_best, block_repeat_ngram, block_unk)
         default to the checkpoint's; the others are caption_images' (datasets, batch_size,

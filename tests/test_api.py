@@ -24,8 +24,8 @@ def drafted(store_url, tmp_path):
     store = labeler.open_store(store_url)
     scanned = store.scan("photos", tmp_path / "photos", workers=1)
     assert scanned.by_status["ok"] == IMAGES
-    result = store.caption(model, device="cpu", beam_size=3, max_len=8, n_best=2, procs=0,
-                           workers=0, batch_size=4)  # fmt: skip
+    result = store.caption(model, beam_size=3, max_len=8, n_best=2, procs=0, workers=0,
+                           batch_size=4)  # fmt: skip
     assert result.images == IMAGES
     yield store
     store.close()

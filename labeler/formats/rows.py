@@ -101,8 +101,12 @@ class ExportRow:
 
     @property
     def model_version(self) -> str:
-        """A short label naming the model and its weights, e.g. 'show-tell-ab12cd'."""
-        return f"{self.model_name}-{self.model_hash[:6]}" if self.model_hash else self.model_name
+        """A short label naming the model and its weights, e.g. 'show-tell-ab12cd' (the name as
+        is when it already ends with the hash's first six digits, as a checkpoint's does)."""
+        suffix = self.model_hash[:6]
+        if not suffix or self.model_name.endswith(suffix):
+            return self.model_name
+        return f"{self.model_name}-{suffix}"
 
     @property
     def final_text(self) -> str:

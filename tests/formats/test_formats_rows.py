@@ -82,6 +82,8 @@ def test_flagged_and_model_version_and_final_text():
     assert replace(row, repeated_ngram=True).flagged
     assert replace(row, has_unknown=True).flagged
     assert row.model_version == "show-tell-ab12cd"
+    named = replace(row, model_name="show-tell-ab12cd")  # a checkpoint's name carries the hash
+    assert named.model_version == "show-tell-ab12cd"
     edited = replace(row, review_text="a blue square", review_outcome="edited")
     assert edited.final_text == "a blue square"
     assert replace(edited, review_outcome="rejected").final_text == row.text
