@@ -127,5 +127,14 @@ def test_evaluate_command(model, data, tmp_path):
     summary = json.loads(result.output)
     assert summary["images"] == 6 and summary["settings"]["beam_size"] == 2
     assert len(summary["paths"]) == 2
+    # every decoding option `labeler caption` has, so evaluate can score what caption drafted
+    same = ["--min-len", "2", "--n-best", "2", "--block-unk", "--block-repeats", "3",
+            "--length-penalty", "0.5", "--max-len", "9", "--force"]  # fmt: skip
+    result = CliRunner().invoke(app, args + same)
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.output)["settings"]
+    assert (settings["min_len"], settings["n_best"], settings["block_unk"]) == (2, 2, True)
+    assert (settings["block_repeat_ngram"], settings["length_penalty"]) == (3, 0.5)
+    assert settings["max_len"] == 9
     missing = CliRunner().invoke(app, ["evaluate", str(captions.source)])
     assert missing.exit_code == 1 and "--model" in missing.output

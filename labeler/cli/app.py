@@ -71,6 +71,49 @@ MinPAcceptOption = Annotated[
 MaxPAcceptOption = Annotated[
     float | None, typer.Option(help="Only drafts with p_accept at most this (0 to 1).")
 ]
+
+# The decoding options, declared once for every command that decodes (caption, evaluate); each
+# None keeps the model's own default (DecodeSettings.overridden).
+BeamOption = Annotated[
+    int | None, typer.Option("--beam", help="Beam size; 1 is greedy. Default: the model's.")
+]
+MaxLenOption = Annotated[
+    int | None,
+    typer.Option("--max-len", help="Most decoding steps (words + end). Default: the model's."),
+]
+MinLenOption = Annotated[int | None, typer.Option("--min-len", help="Fewest words before the end.")]
+LengthPenaltyOption = Annotated[
+    float | None,
+    typer.Option("--length-penalty", help="GNMT length penalty alpha; 0 ranks by log-likelihood."),
+]
+NBestOption = Annotated[
+    int | None,
+    typer.Option("--n-best", help="Drafts kept per image (<= beam). Default: the model's."),
+]
+BlockRepeatsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--block-repeats", help="Forbid any n-gram of this size twice (0: off; 3: trigrams)."
+    ),
+]
+BlockUnkOption = Annotated[
+    bool | None, typer.Option("--block-unk/--allow-unk", help="Never emit the unknown word.")
+]
+
+
+def decoding_overrides(
+    *, beam: int | None = None, max_len: int | None = None, min_len: int | None = None,
+    length_penalty: float | None = None, n_best: int | None = None,
+    block_repeats: int | None = None, block_unk: bool | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """The decoding options as DecodeSettings fields (None: the model's default)."""
+    return {
+        "beam_size": beam, "max_len": max_len, "min_len": min_len,
+        "length_penalty": length_penalty, "n_best": n_best, "block_repeat_ngram": block_repeats,
+        "block_unk": block_unk,
+    }  # fmt: skip
+
+
 ReviewOption = Annotated[
     list[str] | None,
     typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),

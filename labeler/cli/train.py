@@ -10,12 +10,20 @@ import typer
 from rich.table import Table
 
 from labeler.cli.app import (
+    BeamOption,
+    BlockRepeatsOption,
+    BlockUnkOption,
     DatasetOption,
     DbOption,
     JsonOption,
+    LengthPenaltyOption,
+    MaxLenOption,
+    MinLenOption,
+    NBestOption,
     SettingsOption,
     app,
     console,
+    decoding_overrides,
     draft_filter,
     err_console,
     open_store_for,
@@ -235,14 +243,13 @@ def evaluate_cli(
     out: Annotated[Path, typer.Option(help="Folder for results.jsonl and summary.json.")] = Path(
         "evaluation"
     ),
-    beam: Annotated[int | None, typer.Option(help="Beam size; default: the model's.")] = None,
-    max_len: Annotated[
-        int | None, typer.Option(help="Most decoding steps (words + end); default: the model's.")
-    ] = None,
-    length_penalty: Annotated[float | None, typer.Option(help="GNMT length penalty alpha.")] = None,
-    block_repeats: Annotated[
-        int | None, typer.Option(help="Forbid repeated n-grams of this size.")
-    ] = None,
+    beam: BeamOption = None,
+    max_len: MaxLenOption = None,
+    min_len: MinLenOption = None,
+    length_penalty: LengthPenaltyOption = None,
+    n_best: NBestOption = None,
+    block_repeats: BlockRepeatsOption = None,
+    block_unk: BlockUnkOption = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     device: DeviceOption = "auto",
@@ -264,8 +271,10 @@ def evaluate_cli(
             raise InputError("give a captions file and --model (or --store)")
         from labeler.data.readers import read_captions
 
-        decode = {"beam_size": beam, "max_len": max_len, "length_penalty": length_penalty,
-                  "block_repeat_ngram": block_repeats}  # fmt: skip
+        decode = decoding_overrides(
+            beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+            n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
+        )  # fmt: skip
         with progress("Captioning", json_output) as report:
             result = evaluate_model(
                 model, read_captions(data, fmt=fmt, images_dir=images), split=split,
