@@ -1,8 +1,10 @@
 """`labeler calibrate`: refit p_accept's calibrator on the store's reviews, and rescore.
 
 The examples are the best drafts of one model and decoding settings that have a review, judged
-as `labeler stats` judges them (the newest review of each image; accepted unchanged is right,
-edited and rejected are wrong, skipped ones are left out), and their signals come from the
+as `labeler stats` judges them (the review that counts for each draft, store/exports.py
+`latest_review`: the newest made on that draft or on the same text for the image, so a review of
+an earlier, different draft teaches nothing about this one; accepted unchanged is right, edited
+and rejected are wrong, skipped ones are left out), and their signals come from the
 fields stored with each draft, so nothing is decoded again. The fit (labeler/calibration.py)
 reports out-of-fold AUROC and calibration error, shown beside the AUROC of each raw signal and
 of the p_accept the drafts had before.

@@ -15,7 +15,9 @@ right). Only the pages in flight are in memory, whatever the size of the dataset
 no longer decodes gets a placeholder naming the reason, counted by status; the report goes on.
 
 The charts come from `compute_stats` over everything the filter selects (`limit` only shortens
-the gallery), so they show the numbers `labeler stats` shows.
+the gallery), so they show the numbers `labeler stats` shows; a card shows the review that
+counts for its draft (store/exports.py, `latest_review`), so a draft re-made with other text
+shows as unreviewed there and in the charts alike.
 
 Atomicity across many files: each page is written through `AtomicFile` (fsynced) into a hidden
 staging folder beside the destination, and the index to its own temporary file; then the folder

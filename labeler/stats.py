@@ -1,18 +1,21 @@
 """`labeler stats`: how far p_accept (and each raw signal) can be trusted, measured on reviews.
 
 Every number comes from the drafts one model and decoding settings produced (the newest run's by
-default) and the newest review of each image. Acceptance means "accepted unchanged"; rejected
-and edited drafts count against it; skipped ones are not reviews. The bands split p_accept's
-range [0, 1] into equal-width bins (where no calibrator scored the drafts, p_accept is their
-confidence); within each: how many drafts, how many reviewed, the mean p_accept of those
-reviewed (what was predicted) against the share accepted unchanged (what happened), the mean
-word edit distance between draft and correction, and the corpus BLEU-4 of drafts against
-corrections. The expected calibration error sums, over the bands, the share of reviews times
-|predicted - observed|. The AUROC of p_accept, and of confidence and every raw signal the
-calibrator reads (calibration.SIGNALS), says how well each ranks accepted drafts above the
-others (0.5 is chance; below it, the signal ranks them backwards). The threshold is the lowest
-p_accept such that reviewed drafts at or above it were accepted at least `target` of the time,
-with the number of drafts (reviewed or not) it would let through.
+default) and the review that counts for each draft (store/exports.py, `latest_review`): the newest
+review made on that draft, or on a draft of the image with the very same text. A review of other
+text judged another draft, so after `labeler caption` re-drafts an image with other text the new
+draft is unreviewed, whatever was said of the old one. Acceptance means "accepted unchanged";
+rejected and edited drafts count against it; skipped ones are not reviews. The bands split
+p_accept's range [0, 1] into equal-width bins (where no calibrator scored the drafts, p_accept is
+their confidence); within each: how many drafts, how many reviewed, the mean p_accept of those
+reviewed (what was predicted) against the share accepted unchanged (what happened), the mean word
+edit distance between draft and correction, and the corpus BLEU-4 of drafts against corrections. The
+expected calibration error sums, over the bands, the share of reviews times |predicted - observed|.
+The AUROC of p_accept, and of confidence and every raw signal the calibrator reads
+(calibration.SIGNALS), says how well each ranks accepted drafts above the others (0.5 is chance;
+below it, the signal ranks them backwards). The threshold is the lowest p_accept such that reviewed
+drafts at or above it were accepted at least `target` of the time, with the number of drafts
+(reviewed or not) it would let through.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ class Stats:
 
 
 def accepted(row: ExportRow) -> bool | None:
-    """Whether the newest review accepted the draft unchanged; None: no review, or skipped."""
+    """Whether the review that counts for the draft accepted it unchanged; None: no such
+    review, or skipped."""
     if row.review_outcome is None or row.review_outcome == "skipped":
         return None
     return row.review_outcome == "accepted"

@@ -9,7 +9,7 @@ import math
 import random
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
 from labeler.calibrate import calibrate
@@ -139,6 +139,37 @@ def test_a_refit_is_stored_and_rescores_every_draft_of_its_model_and_settings(dr
     again = calibrate(drafted, model="m", settings_key="k")
     assert again.version == 2
     assert {d[2] for d in _scores(drafted) if d[2] is not None} == {stored.id + 1}
+
+
+def test_reviews_of_drafts_since_made_with_other_text_teach_nothing(drafted):
+    """The caption job re-made the drafts of 20 reviewed images (the reviews lose caption_id),
+    10 of them with the same text: a review counts for a draft it judged or for the same text
+    (store/exports.py), so the fit takes 40 examples, not the images' 50 newest reviews."""
+    _review(drafted, 50)
+    with drafted.write() as session:
+        session.execute(
+            update(Review).values(draft_text=select(Caption.text).where(
+                Caption.id == Review.caption_id).scalar_subquery())
+        )  # fmt: skip
+        remade = range(1, 21)
+        session.execute(delete(Caption).where(
+            Caption.image_id.in_(remade), Caption.model_id == 1, Caption.settings_key == "k"
+        ))  # fmt: skip
+        rng = random.Random(11)
+        rows = [_draft(rng, i, 1, "k", rank) for i in remade for rank in (0, 1)]
+        for row in rows:
+            row["text"] += " again" if row["image_id"] > 10 else ""
+        session.execute(Caption.__table__.insert(), rows)
+    with drafted.session() as session:
+        assert set(session.scalars(select(Review.caption_id).where(Review.image_id <= 20))) == {
+            None
+        }
+    result = calibrate(drafted, dry_run=True)
+    assert result.examples == 40
+    with drafted.session() as session:
+        judged = DraftFilter(model="m", settings_key="k", review=["accepted", "edited", "rejected"])
+        reviewed = {r.image_id for r in iter_drafts(session, judged)}
+    assert reviewed == set(range(1, 11)) | set(range(21, 51))
 
 
 def test_too_few_reviews_say_how_many_are_needed_and_change_nothing(drafted):

@@ -200,6 +200,26 @@ def test_reviewed_captions_in_the_store_become_training_data(store, tmp_path):
         read_reviewed(store, datasets=["elsewhere"])
 
 
+def test_training_takes_the_accepted_text_not_the_draft_made_since(store, tmp_path):
+    """An acceptance an older import left without text, whose draft the caption job has since
+    re-made with other text (caption_id lost): the caption is the text it accepted."""
+    make.write_many(tmp_path / "photos", 1, size=(40, 32))
+    scan(store, [tmp_path / "photos"], workers=0)
+    with store.write() as session:
+        (image_id,) = [i.id for i in session.query(Image).all()]
+        model = Model(content_hash="ab" * 32, name="m", family="show-tell")
+        session.add(model)
+        session.flush()
+        session.add(Caption(image_id=image_id, model_id=model.id, settings_key="k", rank=0,
+                            text="a draft made since", log_likelihood=-1.0, num_tokens=4,
+                            confidence=0.8, score=-1.0, token_logprobs=[-0.25] * 4, margin=None,
+                            finished=True, repeated_ngram=False, has_unknown=False))  # fmt: skip
+        session.add(Review(image_id=image_id, outcome="accepted", draft_text="the judged  draft",
+                           fingerprint="old acceptance"))  # fmt: skip
+    (item,) = read_reviewed(store).items
+    assert item.captions == ["the judged draft"]
+
+
 def test_train_and_scenes_commands(tmp_path):
     runner = CliRunner()
     made = runner.invoke(app, ["scenes", str(tmp_path / "s"), "--count", "12", "--size", "40",

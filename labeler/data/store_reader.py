@@ -1,12 +1,16 @@
 """Reviewed captions from the store as training data: the corrections become a CaptionSet.
 
-Each image contributes the caption of its newest review (by review time, else import time, then
-id: the same rule as exports and stats), when that review accepted or edited a draft. The review's
-own text is the caption the reviewer kept; an older import may have left it empty for an accepted
-draft, and then the draft's text is used. A newer rejection or skip therefore takes an image out:
-the latest word on an image is the one that counts. Images whose file is no longer readable are
-skipped and counted by the same builder the file readers use, so a vanished image never stops a
-training run.
+Each image contributes the caption of its newest review (by review time, else import time, then id:
+NEWEST_REVIEW_FIRST, as everywhere), when that review accepted or edited a draft. How the rule that
+binds a review to the draft it judged (store/exports.py, `latest_review`) applies here: the caption
+a review kept is a human caption of the image whatever the image's drafts are now, so training takes
+the review's own text and never the current draft's. That is the reviewer's text for an edit (none:
+no caption), and for an acceptance the text of the draft it accepted: the review's own text, or
+where an older import left that empty, the judged draft's text it keeps (`draft_text`; its
+`caption_id` draft while that still exists, for reviews written without it), never the text of a
+later draft made over it. A newer rejection or skip therefore takes an image out: the latest word on
+an image is the one that counts. Images whose file is no longer readable are skipped and counted by
+the same builder the file readers use, so a vanished image never stops a training run.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import aliased
 
 from labeler.data.readers import CaptionSet, CaptionSetBuilder
 from labeler.errors import InputError
 from labeler.store import Store
-from labeler.store.exports import latest_review
+from labeler.store.exports import latest_image_review
 from labeler.store.models import Caption, Dataset, Image
 
 KEPT = ("accepted", "edited")
@@ -31,13 +36,15 @@ def read_reviewed(
 ) -> CaptionSet:
     """One CaptionedImage per image whose newest review kept a caption; every image gets
     `split`. Keys are "<dataset>/<path>", so images of several datasets never collide."""
-    review, newest = latest_review("newest_review")
+    review, newest = latest_image_review("newest_review")
+    judged = aliased(Caption, name="judged")  # the draft the review was made on, if it exists
+    accepted = func.coalesce(review.text, review.draft_text, judged.text)
     query = (
         select(Dataset.name, Dataset.root_raw, Image.path, Image.path_raw, review.outcome,
-               func.coalesce(review.text, Caption.text))
+               case((review.outcome == "accepted", accepted), else_=review.text))
         .join(Image, Image.dataset_id == Dataset.id)
         .join(review, review.id == newest)
-        .outerjoin(Caption, Caption.id == review.caption_id)
+        .outerjoin(judged, judged.id == review.caption_id)
         .order_by(Dataset.name, Image.path)
     )  # fmt: skip
     if datasets:

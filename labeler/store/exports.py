@@ -6,10 +6,12 @@ already in order. A million rows must flow at tens of thousands a second, which 
 - The rows come straight from the driver's cursor, fetched a chunk at a time (a server-side
   cursor on PostgreSQL), as plain tuples: SQLAlchemy's result rows and type processing cost
   more than everything else together. They become `DraftChunk`s, column by column.
-- The newest review of each image, and for `n_best` > 1 the alternatives, come with one more
-  query per chunk, the chunk's image ids bound as one parameter (a JSON array on SQLite, an
-  array on PostgreSQL), not as a correlated subquery per row, which cost a third of the query
-  (the review join is kept only to filter by review state).
+- The review that counts for each draft (`latest_review`: the newest review made on that draft
+  or on the same text for the image), and for `n_best` > 1 the alternatives, come with one
+  more query per chunk, the chunk's image ids bound as one parameter (a JSON array on SQLite,
+  an array on PostgreSQL), not as a correlated subquery per row, which cost a third of the
+  query (the review join is kept only to filter by review state); the chunk's reviews arrive
+  newest first and each draft takes the first that counts for it.
 - The log-probabilities are read as JSON text and parsed by orjson, six times faster than json.
 - The default order is p_accept, worst first (the calibrated score; `confidence` where no
   calibrator scored the drafts); the raw confidence and margin orders stay available.
@@ -147,13 +149,44 @@ def resolve(session: Session, spec: DraftFilter) -> Selection:
     return Selection(*found)
 
 
-# Each image's newest review first: by review time, else import time, then id.
+# Reviews newest first: by review time, else import time, then id.
 NEWEST_REVIEW_FIRST = (desc(func.coalesce(Review.reviewed_at, Review.imported_at)), desc(Review.id))
 
 
-def latest_review(name: str = "latest_review"):  # type: ignore[no-untyped-def]
-    """An alias of the reviews table and the scalar subquery picking each image's newest review
-    (NEWEST_REVIEW_FIRST): the one definition of "the review that counts"."""
+def counts_for(review: Any, draft: Any) -> ColumnElement[bool]:
+    """Whether `review` (the reviews table or an alias) counts for `draft` (captions or an alias).
+
+    A review judges the draft it was made on (`caption_id`, while that draft exists) and, since
+    the reviewer judged that text for that image, any draft of the image with exactly the same
+    text (`draft_text`), whatever its model or settings. A draft with other text, as after
+    `labeler caption` with other settings, is unreviewed whatever the image's reviews said.
+    `_counting` is the same rule in Python; the two must agree."""
+    return and_(
+        review.image_id == draft.image_id,
+        or_(review.caption_id == draft.id, review.draft_text == draft.text),
+    )
+
+
+def latest_review(draft: Any = Caption, name: str = "latest_review"):  # type: ignore[no-untyped-def]
+    """An alias of the reviews table, and the scalar subquery picking the review that counts
+    for `draft` (captions or an alias of it, in the enclosing query): the newest
+    (NEWEST_REVIEW_FIRST) of those `counts_for` accepts. The one definition of "the review that
+    counts", used by exports and their review filter, and so by stats, calibrate and reports."""
+    newest = (
+        select(Review.id)
+        .where(counts_for(Review, draft))
+        .order_by(*NEWEST_REVIEW_FIRST)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return aliased(Review, name=name), newest
+
+
+def latest_image_review(name: str = "latest_image_review"):  # type: ignore[no-untyped-def]
+    """An alias of the reviews table, and the scalar subquery picking each image's newest review
+    whatever draft it judged (Image in the enclosing query). Only for what a review says about
+    the image itself: the caption it kept is a human caption of the image (training data,
+    labeler/data/store_reader.py); whether a draft was accepted is `latest_review`'s."""
     newest = (
         select(Review.id)
         .where(Review.image_id == Image.id)
@@ -189,8 +222,8 @@ def draft_query(
         .where(Caption.rank == 0)
     )
     review = None
-    if spec.review:  # only a filter needs the newest review inside the query
-        review, newest = latest_review()
+    if spec.review:  # only a filter needs the review that counts inside the query
+        review, newest = latest_review(Caption)
         query = query.outerjoin(review, review.id == newest)
     query = query.where(*_conditions(session, spec, review))
     query = query.order_by(*(SCAN_SORTS if scan else SORTS)[sort])
@@ -324,11 +357,10 @@ def _chunk(  # type: ignore[type-arg]
      finished, repeated, unknown, image_id, path, path_raw, content_hash, width, height,
      dataset_id) = zip(*rows, strict=True)  # fmt: skip
     n = len(rows)
-    reviews = _reviews(session, image_id)
-    if reviews:
-        review_columns = zip(*(reviews.get(i, _NO_REVIEW) for i in image_id), strict=True)
-    else:  # the common case before the first review round
-        review_columns = iter([[None] * n for _ in range(4)])
+    reviews = _reviews(session, image_id, caption_id, text)
+    # No review yet is the common case before the first review round: empty columns, no zip.
+    empty = [[None] * n for _ in range(4)]
+    review_columns = zip(*reviews, strict=True) if reviews else iter(empty)
     alternatives = _alternatives(session, chosen, image_id, n_best)
     return DraftChunk(
         image_id=image_id, dataset=[datasets[i][0] for i in dataset_id], path=path,
@@ -382,19 +414,40 @@ def _among_ids(session: Session, column_: Any, ids: Sequence[int]) -> tuple[Colu
     return column_.in_(listed), {"ids": orjson.dumps(list(ids)).decode()}
 
 
-def _reviews(session: Session, image_ids: Sequence[int]) -> dict[int, tuple]:  # type: ignore[type-arg]
-    """The newest review of each image that has one: (text, outcome, reviewer, reviewed_at)."""
+def _reviews(
+    session: Session, image_ids: Sequence[int], caption_ids: Sequence[int], texts: Sequence[str]
+) -> list[tuple[Any, ...]] | None:
+    """The review that counts for each draft (latest_review's rule, picked here in Python):
+    (text, outcome, reviewer, reviewed_at), or _NO_REVIEW; None when no image has a review.
+
+    One query fetches every review of the chunk's images, newest first, with what binds it to a
+    draft; an image has a few, so walking them per draft costs less than a subquery per row."""
     among, params = _among_ids(session, Review.image_id, image_ids)
     rows = session.execute(
-        select(Review.image_id, Review.text, Review.outcome, Review.reviewer, Review.reviewed_at)
+        select(Review.image_id, Review.caption_id, Review.draft_text, Review.text,
+               Review.outcome, Review.reviewer, Review.reviewed_at)
         .where(among)
         .order_by(Review.image_id, *NEWEST_REVIEW_FIRST),
         params,
     )  # fmt: skip
-    newest: dict[int, tuple] = {}  # type: ignore[type-arg]
+    by_image: dict[int, list[tuple[Any, ...]]] = {}
     for image_id, *fields in rows:
-        newest.setdefault(image_id, tuple(fields))
-    return newest
+        by_image.setdefault(image_id, []).append(tuple(fields))
+    if not by_image:
+        return None
+    return [
+        _counting(by_image[image_id], caption_id, text) if image_id in by_image else _NO_REVIEW
+        for image_id, caption_id, text in zip(image_ids, caption_ids, texts, strict=True)
+    ]
+
+
+def _counting(reviews: list[tuple[Any, ...]], caption_id: int, text: str) -> tuple[Any, ...]:
+    """Of one image's reviews (caption_id, draft_text, *fields), newest first, the fields of the
+    first that counts for the draft (caption_id, text): counts_for, in Python."""
+    for judged_id, judged_text, *fields in reviews:
+        if judged_id == caption_id or judged_text == text:
+            return tuple(fields)
+    return _NO_REVIEW
 
 
 def _alternatives(
