@@ -1,25 +1,36 @@
 """`labeler caption`: draft captions for every readable image that lacks them, safely in bulk.
 
-The loop, per batch: lease up to `batch_size` contents (store/captions.py explains the leases),
+The loop, per batch: claim up to `batch_size` contents (store/captions.py explains the claims),
 hand them to the engine (engines.py: the model here with loader processes decoding, or on a CPU
 several model processes that decode their own batches), then write the drafts and drop the
-leases in one transaction. The engine always has the next batches in hand (leased, decoding or
+claims in one transaction. The engine always has the next batches in hand (claimed, decoding or
 waiting for a free model process) while it works on the current one, so the model, not the
 loader or the store, sets the pace. Nothing is ever half-written: a run killed at any moment
-leaves the batches it committed, and its leases expire for the next run or another worker.
-Each draft is written with its p_accept, scored here at write time, a batch with one prediction,
-by the calibrator current in that write's transaction (store/calibrators.py): a `labeler
-calibrate` during the run rescores what was written and scores what comes after.
+leaves the batches it committed. Each draft is written with its p_accept, scored here at write
+time, a batch with one prediction, by the calibrator current in that write's transaction
+(store/calibrators.py): a `labeler calibrate` during the run rescores what was written and scores
+what comes after.
 
-`should_stop` is polled between batches: Ctrl-C in the CLI sets it; the batches the model has
-started on are finished and committed, the others given back, and the run ends `interrupted`.
+Dead and live workers (holders.py). A heartbeat thread renews this worker's claims every quarter
+of `lease_s` (60 s by default) whatever the model is doing, so a batch may take as long as it
+takes. Each pass over the work, and each run's start, first frees the claims of holders found
+gone (on this host, a process no longer there; on PostgreSQL, a run whose session ended) and
+marks their runs `abandoned`: a killed worker's work is taken over at once. The lease is the last
+resort for a holder nobody can look at; `lease_s` is this worker's own, other workers' claims
+keep the lease they were given. With nothing left to claim while live workers hold the rest, a
+worker waits for them, polling, and reports whom it waits for and until when through `progress`.
+
+`should_stop` is polled between batches and, while waiting for others, every tenth of a second:
+Ctrl-C in the CLI sets it; the batches the model has started on are finished and committed, the
+others given back (a waiting worker holds none and stops at once), and the run ends
+`interrupted`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
-import os
-import socket
 import time
 import uuid
 from collections import Counter, deque
@@ -27,14 +38,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from labeler import engines
+from labeler import engines, holders
 from labeler.errors import InputError
 from labeler.model.drafts import DecodeSettings
 from labeler.store import Store, calibrators
 from labeler.store import captions as caption_store
 from labeler.store.models import utcnow
 
-POLL_S = 1.0  # how often a finished worker looks again while others still hold leases
+POLL_S = 1.0  # how often a worker with nothing to claim looks again while others hold claims
+STOP_POLL_S = 0.1  # how often a waiting worker looks at `should_stop`
+DEFAULT_LEASE_S = 60.0  # renewed every quarter of it: a dead worker nobody can see blocks this long
+
+
+@dataclass(frozen=True)
+class Wait:
+    """This worker has nothing left to claim while other live workers hold the rest: whom it
+    waits for, how many contents they hold, since when, and until when their claims last unless
+    renewed (they renew them while they run, so the wait ends when they finish or die)."""
+
+    holders: tuple[str, ...]  # "run 7 (host pid 1234)"
+    contents: int
+    since: dt.datetime
+    until: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"holders": list(self.holders), "contents": self.contents,
+                "since": self.since.isoformat(), "until": self.until.isoformat()}  # fmt: skip
 
 
 @dataclass
@@ -42,6 +71,7 @@ class CaptionProgress:
     done: int  # images that got drafts in this run
     total: int  # images that needed drafts when the run started (others may share the work)
     failed: int
+    waiting: Wait | None = None  # set while this worker waits for others' claims
 
 
 @dataclass
@@ -58,7 +88,8 @@ class CaptionResult:
     confidence_sum: float = 0.0
     p_accept_sum: float = 0.0
     interrupted: bool = False
-    given_back: int = 0  # contents leased but left uncaptioned when the run was stopped
+    given_back: int = 0  # contents claimed but left uncaptioned when the run was stopped
+    waits: list[Wait] = field(default_factory=list)  # one per set of workers waited for
     elapsed_s: float = 0.0
     timings: dict[str, Any] = field(default_factory=dict)  # seconds, and how the model ran
 
@@ -87,9 +118,10 @@ class _Batch:
 
 
 class _Run:
-    """One worker's state: the store, the model, the leases it holds, and the tallies."""
+    """One worker's state: the store, the model, the claims it holds, and the tallies."""
 
-    def __init__(self, store, settings, datasets, lease, result, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store, settings, datasets, lease, result, engine, progress, should_stop,  # type: ignore[no-untyped-def]
+                 total) -> None:  # fmt: skip
         self.store = store
         self.settings = settings
         self.key = settings.key()
@@ -97,7 +129,13 @@ class _Run:
         self.lease = lease
         self.result = result
         self.engine = engine
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
+        self.total = total
+        self.holder = holders.me()
+        self.worker = f"{self.holder.host}:{self.holder.pid}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat: holders.Heartbeat | None = None
+        self.waiting: Wait | None = None  # the wait going on, if any
         self.model_id = 0
         self.cursor = 0
         self.timings: Counter[str] = Counter()
@@ -114,12 +152,21 @@ class _Run:
         return self.scoring
 
     def next_batch(self, size: int, *, wait: bool = True) -> _Batch | None:
-        """Lease and start decoding the next batch. None when no work is left anywhere, or,
-        without `wait`, when what is left is leased by others (a worker holding a batch must
-        never wait for another's: two of them would wait for each other)."""
+        """Claim and start decoding the next batch. None when no work is left anywhere, when
+        asked to stop while waiting, or, without `wait`, when what is left is claimed by others
+        (a worker holding a batch must never wait for another's: two of them would wait for
+        each other). Each pass over the work starts by freeing the claims of the dead."""
+        try:
+            return self._next_batch(size, wait)
+        finally:
+            self.waiting = None
+
+    def _next_batch(self, size: int, wait: bool) -> _Batch | None:
         while True:
             with self.store.write() as session:
                 now = utcnow()
+                if self.cursor == 0:
+                    holders.free_dead(session, self.worker, now)
                 rows = caption_store.pending(
                     session, **self._ids(), datasets=self.datasets, after_id=self.cursor,
                     limit=size * 4, now=now,
@@ -129,20 +176,53 @@ class _Run:
                     wanted = list(dict.fromkeys(h for _, h in rows))[:size]
                     held = caption_store.claim(
                         session, **self._ids(), hashes=wanted, worker=self.worker,
-                        run_id=self.result.run_id, now=now, lease=self.lease,
+                        holder=self.holder, run_id=self.result.run_id, now=now, lease=self.lease,
                     )  # fmt: skip
                     batch = self._prepare(session, held) if held else None
                     if batch is not None:
                         return batch
                     continue
-                waiting_for = caption_store.leases_elsewhere(
+                others = [] if self.cursor else caption_store.claim_holders(
                     session, **self._ids(), worker=self.worker, now=now
-                )
-            if self.cursor == 0 and (waiting_for is None or not wait):
-                return None  # a whole pass found nothing pending and nobody working
-            if self.cursor == 0:
-                time.sleep(POLL_S)  # others hold the rest; wait for them or their leases
-            self.cursor = 0
+                )  # fmt: skip
+            if self.cursor:
+                self.cursor = 0  # a pass found nothing above the cursor: look from the start
+                continue
+            if not others or not wait or not self._wait(others):
+                return None
+
+    def _wait(self, others: Sequence[caption_store.ClaimHolder]) -> bool:
+        """Say whom this worker waits for and until when, then sleep a poll; False when asked
+        to stop meanwhile, which ends the wait at once and the run `interrupted`."""
+        names = tuple(o.describe() for o in others)
+        until = min(_aware(o.until) for o in others)
+        wait = Wait(names, sum(o.contents for o in others), utcnow(), until)
+        if self.waiting is not None and self.waiting.holders == names:
+            wait = dataclasses.replace(wait, since=self.waiting.since)  # the same wait goes on
+            self.result.waits[-1] = wait
+        else:
+            self.result.waits.append(wait)
+        self.waiting = wait
+        self.report(wait)
+        started = time.perf_counter()
+        try:
+            while time.perf_counter() - started < POLL_S:
+                if self.should_stop():
+                    self.result.interrupted = True
+                    return False
+                time.sleep(STOP_POLL_S)
+        finally:
+            self.timings["waited_s"] += time.perf_counter() - started
+        return True
+
+    def report(self, waiting: Wait | None = None) -> None:
+        """Progress to the caller; first, any failure of the heartbeat (the claims are lost)."""
+        if self.heartbeat is not None:
+            self.heartbeat.check()
+        if self.progress is not None:
+            done = self.result.images + self.result.copied
+            failed = sum(self.result.failed.values())
+            self.progress(CaptionProgress(done, self.total, failed, waiting))
 
     def _prepare(self, session, held: list[str]) -> _Batch | None:  # type: ignore[no-untyped-def]
         work = caption_store.work_for(session, **self._ids(), hashes=held, datasets=self.datasets)
@@ -199,13 +279,6 @@ class _Run:
                 caption_store.release(session, **self._ids(), hashes=hashes, worker=self.worker)
         return sum(len(b.work) for b in unstarted)
 
-    def renew(self, batches: Sequence[_Batch]) -> None:
-        with self.store.write() as session:
-            caption_store.renew(
-                session, **self._ids(), hashes=[h for b in batches for h in b.hashes],
-                worker=self.worker, until=utcnow() + self.lease,
-            )  # fmt: skip
-
     def _tally(self, results, p_accepts, failures) -> None:  # type: ignore[no-untyped-def]
         for (work, drafts), p_accept in zip(results, p_accepts, strict=True):
             best = drafts.best
@@ -232,7 +305,7 @@ def caption_images(
     procs: int | None = None,
     limit: int | None = None,
     recaption: bool = False,
-    lease_s: float = 600.0,
+    lease_s: float = DEFAULT_LEASE_S,
     model_source: str | None = None,
     progress: Callable[[CaptionProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -242,43 +315,53 @@ def caption_images(
 
     `procs`: model processes (engines.py); None decides (one per core on a CPU for a run of
     500 images or more, else none), 0 runs the model here with `workers` loader processes (0:
-    decoding inline too)."""
+    decoding inline too). `lease_s`: how long this worker's claims outlive it where nobody can
+    see that it died (the module docstring)."""
     if batch_size < 1:
         raise InputError("batch size must be at least 1")
     if limit is not None and limit < 1:
         raise InputError("the limit must be at least 1 image")
+    if lease_s < 1:
+        raise InputError("the lease must be at least 1 second")
     engines.check_procs(captioner, procs)
     started = time.perf_counter()
-    scope, model_id, run = _begin(store, captioner, settings, datasets, recaption, model_source)
-    result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
-    with store.session() as session:
-        total, _ = caption_store.count_pending(
-            session, model_id=model_id, settings_key=settings.key(), datasets=scope
-        )
-    engine = engines.engine_for(captioner, settings, procs=procs, workers=workers, pending=total)
-    state = _Run(store, settings, scope, dt.timedelta(seconds=lease_s), result, engine)
-    state.model_id = model_id
-    status, error = "completed", None
-    try:
-        with engine:  # model processes load the model here: a failure is the run's error
-            _loop(state, batch_size, limit, progress, should_stop, total)
-        status = "interrupted" if result.interrupted else "completed"
-    except BaseException as exc:
-        status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                         f"{type(exc).__name__}: {exc}")  # fmt: skip
-        raise
-    finally:
-        result.elapsed_s = time.perf_counter() - started
-        result.timings = {k: round(v, 3) for k, v in state.timings.items()}
-        result.timings.update(engine.describe)
-        if state.peaks:
-            peaks = [round(kib / 1024) for kib in state.peaks.values()]
-            result.timings["procs_peak_rss_mib"] = peaks
-        _end(store, state, result, status, error)
+    with contextlib.closing(holders.RunSession(store.engine)) as lock:  # PostgreSQL: its lock
+        scope, model_id, run = _begin(store, captioner, settings, datasets, recaption,
+                                      model_source, lock)  # fmt: skip
+        result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
+        with store.session() as session:
+            total, _ = caption_store.count_pending(
+                session, model_id=model_id, settings_key=settings.key(), datasets=scope
+            )
+        engine = engines.engine_for(captioner, settings, procs=procs, workers=workers,
+                                    pending=total)  # fmt: skip
+        lease = dt.timedelta(seconds=lease_s)
+        state = _Run(store, settings, scope, lease, result, engine, progress, should_stop, total)
+        state.model_id = model_id
+        status, error = "completed", None
+        try:
+            with engine, holders.Heartbeat(store, state.worker, lease, lock) as state.heartbeat:
+                _loop(state, batch_size, limit)  # model processes load first: their error is
+            status = "interrupted" if result.interrupted else "completed"  # the run's error
+        except BaseException as exc:
+            status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                             f"{type(exc).__name__}: {exc}")  # fmt: skip
+            raise
+        finally:
+            result.elapsed_s = time.perf_counter() - started
+            _timings(state, result)
+            _end(store, state, result, status, error)
     return result
 
 
-def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # type: ignore[no-untyped-def]
+def _timings(state, result) -> None:  # type: ignore[no-untyped-def]
+    result.timings = {k: round(v, 3) for k, v in state.timings.items()}
+    result.timings.update(state.engine.describe)
+    if state.peaks:
+        result.timings["procs_peak_rss_mib"] = [round(kib / 1024) for kib in state.peaks.values()]
+
+
+def _loop(state, batch_size, limit) -> None:  # type: ignore[no-untyped-def]
     # The first batches ramp up from an eighth of the batch size, doubling: the model starts as
     # soon as a few images are decoded, and each batch decodes while the one before, half its
     # size, is captioned; a full first batch would leave the model idle for its whole decode.
@@ -289,7 +372,7 @@ def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # ty
     models = state.engine.models
     in_hand: deque[_Batch] = deque()
     while True:
-        if should_stop and should_stop():  # before leasing more
+        if state.should_stop():  # before claiming more
             state.result.given_back = state.stop(in_hand)
             state.result.interrupted = True
             return
@@ -301,27 +384,32 @@ def _loop(state, batch_size, limit, progress, should_stop, total) -> None:  # ty
             if models > 1:
                 held = sum(len(w.image_ids) for b in in_hand for w in b.work)
                 result = state.result
-                left = total - result.images - result.copied - sum(result.failed.values()) - held
+                left = (state.total - result.images - result.copied
+                        - sum(result.failed.values()) - held)  # fmt: skip
                 size = min(size, max(smallest, -(-left // (models + 1))))
-            # a worker holding batches must never wait for another's leases (two such workers
+            # a worker holding batches must never wait for another's claims (two such workers
             # would wait for each other): it only waits when it holds nothing
             batch = state.next_batch(size, wait=not in_hand) if size > 0 else None
             if batch is None:
                 break
             in_hand.append(batch)
             ramp = min(batch_size, ramp * 2)
-        if not in_hand:
+        if not in_hand:  # all done, or stopped while waiting for others (it holds nothing)
             return
         state.finish_batch(in_hand.popleft())
-        if progress is not None:
-            done = state.result.images + state.result.copied
-            progress(CaptionProgress(done, total, sum(state.result.failed.values())))
-        if in_hand:
-            state.renew(in_hand)
+        state.report()
 
 
-def _begin(store, captioner, settings, datasets, recaption, source):  # type: ignore[no-untyped-def]
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands back UTC times without their zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _begin(store, captioner, settings, datasets, recaption, source, lock):  # type: ignore[no-untyped-def]
+    """Register the model and start the run, after marking runs found dead `abandoned`; the
+    run's lock (PostgreSQL) is taken before its row commits, so nobody sees it unlocked."""
     with store.write() as session:
+        holders.abandon_dead_runs(session, utcnow())
         scope = None
         if datasets:
             found = caption_store.dataset_ids(session, datasets)
@@ -341,13 +429,14 @@ def _begin(store, captioner, settings, datasets, recaption, source):  # type: ig
             )
         run_id = caption_store.start_run(
             session, model_id=model_id, settings_key=settings.key(), settings=settings.to_dict(),
-            host=socket.gethostname(), pid=os.getpid(),
+            holder=holders.me(),
         )  # fmt: skip
+        lock.hold(run_id)
     return scope, model_id, run_id
 
 
 def _end(store, state, result, status, error) -> None:  # type: ignore[no-untyped-def]
-    """Record the run and give back any lease still held (an error, a second Ctrl-C)."""
+    """Record the run and give back any claim still held (an error, a second Ctrl-C)."""
     with store.write() as session:
         caption_store.release_all(session, worker=state.worker)
         caption_store.finish_run(

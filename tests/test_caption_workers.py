@@ -1,5 +1,6 @@
-"""Real `labeler caption` processes on one store: they split the work, a killed worker's leases
-are taken over, and every image ends with exactly one set of drafts."""
+"""Real `labeler caption` processes on one store: they split the work, a killed worker's claims
+are taken over, and every image ends with exactly one set of drafts (test_caption_claims.py: how
+soon, and what becomes of the dead worker's run)."""
 
 from __future__ import annotations
 
@@ -181,4 +182,4 @@ def test_a_killed_worker_loses_nothing_and_its_leases_are_taken_over(store, stor
     assert _count(store, CaptionClaim) == 0
     with store.session() as session:
         statuses = session.scalars(select(CaptionRun.status).order_by(CaptionRun.id)).all()
-    assert statuses == ["running", "completed"]  # the killed run never got to say
+    assert statuses == ["abandoned", "completed"]  # the killed run never got to say; the next did

@@ -68,16 +68,23 @@ def caption_cli(
         bool, typer.Option(help="Redo images that already have drafts from this model.")
     ] = False,
     lease: Annotated[
-        float, typer.Option(help="Seconds a worker's claim on a batch lasts if it dies.")
-    ] = 600.0,
+        float,
+        typer.Option(
+            help="Seconds this worker's claims outlive it where its death cannot be seen (another "
+            "host on SQLite); renewed every quarter of it while it runs. A worker killed on this "
+            "host, or on PostgreSQL, frees its claims at once; others' claims keep their lease."
+        ),
+    ] = 60.0,  # caption.DEFAULT_LEASE_S
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Draft captions for every readable image that has none from this model and settings.
 
     Safe to interrupt (Ctrl-C finishes the current batch) and to run in several processes or
-    machines on one store: each image is captioned once. Decoding options not given take the
-    model's own defaults (saved in the checkpoint by labeler train).
+    machines on one store: each image is captioned once; a killed worker's images are taken over
+    at once, and a worker left waiting for another's says whom it waits for and until when.
+    Decoding options not given take the model's own defaults (saved in the checkpoint by labeler
+    train).
     """
     from labeler.caption import caption_images
     from labeler.model.captioner import ShowTellCaptioner
@@ -94,7 +101,7 @@ def caption_cli(
             store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
             workers=workers, procs=procs, limit=limit, recaption=recaption, lease_s=lease,
             model_source=str(model.resolve()), should_stop=stop.requested,
-            progress=lambda p: report(p.done, f"{p.failed} failed", p.total),
+            progress=_Progress(report),
         )  # fmt: skip
     if json_output:
         print_json(_caption_json(result))
@@ -105,6 +112,36 @@ def caption_cli(
             f"Warning: every draft used all {settings.max_len} decoding steps without ending, so "
             f"they are cut short; give a larger --max-len.", markup=False, soft_wrap=True,
         )  # fmt: skip
+
+
+class _Progress:
+    """The bar's count and note; a wait for other workers also gets a line on stderr when it
+    begins or the workers change, with a terminal or without, `--json` or not (stdout stays
+    the JSON), saying whom it waits for and until when."""
+
+    def __init__(self, report) -> None:  # type: ignore[no-untyped-def]
+        self.report = report
+        self.said: tuple[str, ...] = ()
+
+    def __call__(self, p) -> None:  # type: ignore[no-untyped-def]  # caption.CaptionProgress
+        note = f"{p.failed} failed"
+        if p.waiting is not None:
+            until = p.waiting.until.astimezone().strftime("%H:%M:%S")
+            note = f"waiting for {', '.join(p.waiting.holders)} (claims until {until})"
+            if p.waiting.holders != self.said:
+                err_console.print(_waiting_line(p.waiting), markup=False, soft_wrap=True)
+        self.said = p.waiting.holders if p.waiting is not None else ()
+        self.report(p.done, note, p.total)
+
+
+def _waiting_line(wait) -> str:  # type: ignore[no-untyped-def]  # caption.Wait
+    until = wait.until.astimezone().isoformat(timespec="seconds")
+    several = len(wait.holders) > 1
+    has, runs = ("they have", "they run") if several else ("it has", "it runs")
+    return (
+        f"Waiting for {', '.join(wait.holders)} to finish the last {wait.contents} content(s) "
+        f"{has} claimed: claimed until {until}, renewed while {runs} (Ctrl-C stops waiting)."
+    )
 
 
 class _StopOnInterrupt:
@@ -136,6 +173,7 @@ def _caption_json(result) -> dict:  # type: ignore[no-untyped-def]
     return {
         "run_id": result.run_id, "model": result.model, "settings_key": result.settings_key,
         **result.counts(), "interrupted": result.interrupted,
+        "waits": [w.to_dict() for w in result.waits],
         "elapsed_s": round(result.elapsed_s, 3), "timings": result.timings,
     }  # fmt: skip
 
@@ -153,6 +191,9 @@ def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
     for reason, n in result.failed.most_common():
         console.print(f"  failed {n}: {reason}", markup=False)
     console.print(f"{result.elapsed_s:.1f} s, {rate:.1f} images/s")
+    if result.waits:
+        workers = ", ".join(sorted({h for w in result.waits for h in w.holders}))
+        console.print(f"Waited {result.timings['waited_s']:.1f} s for {workers}.", markup=False)
     if result.interrupted:
         console.print("Interrupted: the drafts written so far are kept; run the same command "
                       "again to finish.")  # fmt: skip

@@ -1,13 +1,16 @@
-"""Store functions for the caption job: models, runs, leases on work, and drafts.
+"""Store functions for the caption job: models, runs, claims on work, and drafts.
 
 The unit of work is a content hash, not an image: identical files are captioned once and every
 image with that content gets the same drafts. Workers find pending work by walking image ids
-upwards from a cursor (each query touches one batch, whatever the store's size), lease it with
-one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at < now RETURNING`, which succeeds for a
-hash nobody holds or whose lease ran out (a crashed worker's), and write a batch's drafts and drop
-its leases in one transaction. A draft is replaced, never duplicated: the unique constraint on
-(image, model, settings, rank) backs that up. Every draft is written with its p_accept, scored
-by the calibrator current when it is written (store/calibrators.py), copies included.
+upwards from a cursor (each query touches one batch, whatever the store's size), claim it with
+one `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`, which succeeds for a
+hash nobody holds or whose lease ran out, and write a batch's drafts and drop its claims in one
+transaction. A claim records its holder (host, pid, process start time; holders.py): the caption
+job deletes the claims of holders it finds gone (`free_claims`, by worker, only those it checked)
+in the write transaction that then claims, so a dead worker's work is free at once, not when its
+lease runs out. A draft is replaced, never duplicated: the unique constraint on (image, model,
+settings, rank) backs that up. Every draft is written with its p_accept, scored by the calibrator
+current when it is written (store/calibrators.py), copies included.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import datetime as dt
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +37,9 @@ from labeler.store.models import (
     Model,
     utcnow,
 )  # fmt: skip
+
+if TYPE_CHECKING:
+    from labeler.holders import Holder  # which imports this module
 
 CHUNK = 500
 
@@ -70,11 +76,11 @@ def register_model(
 
 def start_run(
     session: Session, *, model_id: int, settings_key: str, settings: dict[str, Any],
-    host: str, pid: int,
+    holder: Holder,
 ) -> int:  # fmt: skip
     run = CaptionRun(
         model_id=model_id, settings_key=settings_key, settings=settings, status="running",
-        host=host, pid=pid,
+        host=holder.host, pid=holder.pid, process_started=holder.started,
     )  # fmt: skip
     session.add(run)
     session.flush()
@@ -160,14 +166,16 @@ def count_pending(
 
 def claim(
     session: Session, *, model_id: int, settings_key: str, hashes: Iterable[str], worker: str,
-    run_id: int, now: dt.datetime, lease: dt.timedelta,
+    holder: Holder, run_id: int, now: dt.datetime, lease: dt.timedelta,
 ) -> list[str]:  # fmt: skip
-    """Lease these hashes; returns the ones this worker now holds."""
+    """Claim these hashes; returns the ones this worker now holds."""
+    mine = {"worker": worker, "host": holder.host, "pid": holder.pid,
+            "process_started": holder.started, "run_id": run_id, "claimed_at": now,
+            "expires_at": now + lease}  # fmt: skip
     rows = [
-        {"model_id": model_id, "settings_key": settings_key, "content_hash": h, "worker": worker,
-         "run_id": run_id, "claimed_at": now, "expires_at": now + lease}
+        {"model_id": model_id, "settings_key": settings_key, "content_hash": h, **mine}
         for h in dict.fromkeys(hashes)
-    ]  # fmt: skip
+    ]
     if not rows:
         return []
     connection = session.connection()
@@ -176,22 +184,17 @@ def claim(
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["model_id", "settings_key", "content_hash"],
-        set_={c: stmt.excluded[c] for c in ("worker", "run_id", "claimed_at", "expires_at")},
+        set_={c: stmt.excluded[c] for c in mine},
         where=table.c.expires_at <= now,
     ).returning(table.c.content_hash)
     return list(connection.execute(stmt.values(rows)).scalars())
 
 
-def renew(
-    session: Session, *, hashes: Sequence[str], worker: str, model_id: int, settings_key: str,
-    until: dt.datetime,
-) -> None:  # fmt: skip
-    for start in range(0, len(hashes), CHUNK):
-        session.execute(
-            update(CaptionClaim)
-            .where(_mine(hashes[start : start + CHUNK], worker, model_id, settings_key))
-            .values(expires_at=until)
-        )
+def renew_all(session: Session, *, worker: str, until: dt.datetime) -> None:
+    """Extend every claim this worker holds (its heartbeat)."""
+    session.execute(
+        update(CaptionClaim).where(CaptionClaim.worker == worker).values(expires_at=until)
+    )
 
 
 def release(
@@ -216,16 +219,64 @@ def _mine(hashes, worker, model_id, settings_key):  # type: ignore[no-untyped-de
     )  # fmt: skip
 
 
-def leases_elsewhere(
-    session: Session, *, model_id: int, settings_key: str, worker: str, now: dt.datetime
-) -> dt.datetime | None:
-    """When the first live lease held by another worker runs out; None when there is none."""
-    return session.scalar(
-        select(func.min(CaptionClaim.expires_at)).where(
-            CaptionClaim.model_id == model_id, CaptionClaim.settings_key == settings_key,
-            CaptionClaim.worker != worker, CaptionClaim.expires_at > now,
-        )
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Another worker's unexpired claims: who holds them, how many, and until when."""
+
+    worker: str
+    run_id: int | None
+    host: str | None  # None on claims older than the holder columns
+    pid: int | None
+    started: float | None
+    contents: int
+    until: dt.datetime  # when the first of them runs out unless its holder renews it
+
+    def describe(self) -> str:
+        run = f"run {self.run_id}" if self.run_id is not None else "a run"
+        return f"{run} ({self.host} pid {self.pid})" if self.host else f"{run} ({self.worker})"
+
+
+def claim_holders(
+    session: Session, *, worker: str, now: dt.datetime, model_id: int | None = None,
+    settings_key: str | None = None,
+) -> list[ClaimHolder]:  # fmt: skip
+    """The other workers holding unexpired claims (on this model and settings, when given)."""
+    c = CaptionClaim
+    query = (
+        select(c.worker, c.run_id, c.host, c.pid, c.process_started, func.count(),
+               func.min(c.expires_at))
+        .where(c.worker != worker, c.expires_at > now)
+        .group_by(c.worker, c.run_id, c.host, c.pid, c.process_started)
+        .order_by(c.worker)
     )  # fmt: skip
+    if model_id is not None:
+        query = query.where(c.model_id == model_id, c.settings_key == settings_key)
+    return [ClaimHolder(*row) for row in session.execute(query)]
+
+
+def free_claims(session: Session, *, workers: Sequence[str]) -> int:
+    """Delete every claim of these workers (found gone); returns how many."""
+    if not workers:
+        return 0
+    stmt = delete(CaptionClaim).where(CaptionClaim.worker.in_(list(workers)))
+    return session.execute(stmt).rowcount or 0
+
+
+def running_runs(session: Session, *, other_than: int | None = None) -> list[CaptionRun]:
+    query = select(CaptionRun).where(CaptionRun.status == "running").order_by(CaptionRun.id)
+    if other_than is not None:
+        query = query.where(CaptionRun.id != other_than)
+    return list(session.scalars(query))
+
+
+def abandon_runs(session: Session, reasons: dict[int, str], now: dt.datetime) -> None:
+    """Mark these runs `abandoned`, each with its reason, if they still say `running`."""
+    for run_id, reason in reasons.items():
+        session.execute(
+            update(CaptionRun)
+            .where(CaptionRun.id == run_id, CaptionRun.status == "running")
+            .values(status="abandoned", error=reason, finished_at=now)
+        )
 
 
 def work_for(
