@@ -2,9 +2,11 @@
 
 Fills a SQLite store with N images and their drafts (bulk inserts, no model), then, each in a
 fresh process so peak memory is its own: `export_drafts` to CSV and to JSONL for N and N/10
-drafts, and `import_reviews` of a reviewed CSV of `--import-rows` rows (every row edited).
-Goals (issue 6): one million rows exported in at most 15 s on this CPU; memory flat (peak at N
-no more than a little above peak at N/10).
+drafts, and `import_reviews` of reviewed files (our CSV, and our JSON: one array) of M and M/10
+rows, every row edited, where M is `--import-rows` (N by default). Goals (issue 6): one million
+rows exported in at most 15 s on this CPU; memory flat (peak at N no more than a little above
+peak at N/10). Import (issue 11, item 16): peak resident memory at M rows at most 1.2 times
+that at M/10; the reviewed files are written straight from the store, not through an export.
 
 Where the time goes: `read` streams the N drafts out of the store without writing anything
 (the query, the driver's rows, the DraftChunks); an export's time less that is the formatting
@@ -14,13 +16,15 @@ time other processes had. An export of 20,000 drafts or more reads in a child pr
 (labeler/readahead.py); its peak memory is printed beside the writer's, and "memory flat"
 compares their sum.
 
-    python benchmarks/bench_export.py                        # 1,000,000 drafts, import 100,000
-    python benchmarks/bench_export.py --rows 100000 --import-rows 10000
+    python benchmarks/bench_export.py                   # 1,000,000 drafts, imports of 1M and 100k
+    python benchmarks/bench_export.py --rows 100000     # a quick run
+    python benchmarks/bench_export.py --skip-export     # the imports only (about 9 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import random
@@ -151,51 +155,96 @@ def _us(result: dict, key: str) -> float:
     return round(result[key] / result["count"] * 1e6, 1)
 
 
-def reviewed_csv(db: Path, tmp: Path, rows: int) -> Path:
-    """Export `rows` drafts of the small dataset and edit every one, as a reviewer would."""
-    import pandas as pd
+REVIEWED = ("image_id", "path", "content_hash", "caption_id", "draft_caption",
+            "reviewed_caption", "outcome")  # fmt: skip
 
-    exported = tmp / "to-review.csv"
-    child("csv", db, exported, "small")
-    frame = pd.read_csv(exported, keep_default_na=False).head(rows)
-    frame["reviewed_caption"] = frame["draft_caption"] + " indeed"
-    path = tmp / "reviewed.csv"
-    frame.to_csv(path, index=False)
+
+def reviewed_file(db: Path, path: Path, dataset: str, rows: int) -> Path:
+    """`rows` drafts of `dataset`, every one edited as a reviewer would, in our CSV or our
+    JSON (one array, as `labeler export -f json` writes), streamed from the store."""
+    from sqlalchemy import select
+
+    store = open_store(db)
+    query = (
+        select(Image.id, Image.path, Image.content_hash, Caption.id, Caption.text)
+        .join(Caption, Caption.image_id == Image.id)
+        .join(Dataset, Dataset.id == Image.dataset_id)
+        .where(Dataset.name == dataset, Caption.rank == 0)
+        .order_by(Image.id)
+        .limit(rows)
+    )
+    with store.session() as session, open(path, "w", newline="", encoding="utf-8") as out:
+        records = (
+            (*row, row[-1] + " indeed", "")
+            for row in session.execute(query.execution_options(yield_per=10_000))
+        )
+        if path.suffix == ".csv":
+            writer = csv.writer(out)
+            writer.writerow(REVIEWED)
+            writer.writerows(records)
+        else:
+            out.write("[")
+            for index, record in enumerate(records):
+                out.write(",\n" if index else "\n")
+                out.write(json.dumps(dict(zip(REVIEWED, record, strict=True))))
+            out.write("\n]\n")
+    store.dispose()
     return path
+
+
+def measure_imports(db: Path, tmp: Path, rows: int) -> None:
+    """Import M/10 and M reviewed rows, each file in a fresh process; peak memory side by side."""
+    for suffix in (".csv", ".json"):
+        runs = []
+        for dataset, n in (("small", rows // 10), ("large", rows)):
+            path = reviewed_file(db, tmp / f"reviewed-{n}{suffix}", dataset, n)
+            runs.append(child("import", db, path, dataset))
+            path.unlink()
+        small, large = runs
+        ratio = large["peak_mib"] / small["peak_mib"]
+        print(f"import {suffix[1:]:4}: {small['count']:>8} rows in {small['seconds']:6.1f} s, "
+              f"peak {small['peak_mib']:.0f} MiB; {large['count']:>8} rows in "
+              f"{large['seconds']:6.1f} s ({large['count'] / large['seconds']:.0f} rows/s), "
+              f"peak {large['peak_mib']:.0f} MiB; ratio {ratio:.2f} (goal: <= 1.2)",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--import-rows", type=int, default=100_000)
+    parser.add_argument("--import-rows", type=int, help="M; default: --rows (at most that)")
+    parser.add_argument("--skip-export", action="store_true", help="Measure the imports only.")
     args = parser.parse_args()
+    import_rows = min(args.import_rows or args.rows, args.rows)
+    small_rows = max(args.rows // 10, import_rows // 10)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         db = tmp / "bench.db"
         start = time.perf_counter()
         fill(db, args.rows, "large")
-        fill(db, max(args.rows // 10, args.import_rows), "small")
-        print(f"filled a store with {args.rows} + {max(args.rows // 10, args.import_rows)} "
-              f"drafts in {time.perf_counter() - start:.0f} s")  # fmt: skip
-        read = child("read", db, tmp / "unused", "large")
-        print(f"read        : {read['count']:>8} rows in {read['seconds']:6.1f} s "
-              f"({read['cpu']:.1f} s CPU) = {_us(read, 'seconds')} us/row "
-              f"({_us(read, 'cpu')} CPU)")  # fmt: skip
-        for kind in ("csv", "jsonl"):
-            small = child(kind, db, tmp / f"small.{kind}", "small")
-            large = child(kind, db, tmp / f"large.{kind}", "large")
-            print(f"export {kind:5}: {large['count']:>8} rows in {large['seconds']:6.1f} s "
-                  f"({large['cpu']:.1f} s CPU) = {large['count'] / large['seconds']:8.0f} rows/s "
-                  f"(goal: 1M in <= 15 s); {_us(large, 'seconds')} us/row, of which "
-                  f"{_us(large, 'seconds') - _us(read, 'seconds'):.1f} formatting and writing; "
-                  f"peak {_mib(small)} at {small['count']} rows, {_mib(large)} at "
-                  f"{large['count']} (ratio {_total(large) / _total(small):.2f})")  # fmt: skip
-        reviewed = reviewed_csv(db, tmp, args.import_rows)
-        imported = child("import", db, reviewed, "small")
-        print(f"import of a reviewed CSV: {imported['count']} reviews in "
-              f"{imported['seconds']:.1f} s = "
-              f"{imported['count'] / imported['seconds']:.0f} rows/s, "
-              f"peak {imported['peak_mib']:.0f} MiB")  # fmt: skip
+        fill(db, small_rows, "small")
+        print(f"filled a store with {args.rows} + {small_rows} drafts in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        if not args.skip_export:
+            measure_exports(db, tmp)
+        measure_imports(db, tmp, import_rows)
+
+
+def measure_exports(db: Path, tmp: Path) -> None:
+    """Read N drafts, then export N and N/10 to CSV and JSONL."""
+    read = child("read", db, tmp / "unused", "large")
+    print(f"read        : {read['count']:>8} rows in {read['seconds']:6.1f} s "
+          f"({read['cpu']:.1f} s CPU) = {_us(read, 'seconds')} us/row "
+          f"({_us(read, 'cpu')} CPU)")  # fmt: skip
+    for kind in ("csv", "jsonl"):
+        small = child(kind, db, tmp / f"small.{kind}", "small")
+        large = child(kind, db, tmp / f"large.{kind}", "large")
+        print(f"export {kind:5}: {large['count']:>8} rows in {large['seconds']:6.1f} s "
+              f"({large['cpu']:.1f} s CPU) = {large['count'] / large['seconds']:8.0f} rows/s "
+              f"(goal: 1M in <= 15 s); {_us(large, 'seconds')} us/row, of which "
+              f"{_us(large, 'seconds') - _us(read, 'seconds'):.1f} formatting and writing; "
+              f"peak {_mib(small)} at {small['count']} rows, {_mib(large)} at "
+              f"{large['count']} (ratio {_total(large) / _total(small):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ CASES = {
         "image_id,annotation_id,caption\n99999999999,5,a dot\n",
         "big-ls.csv line 2: image_id '99999999999' is out of range",
     ),
+    "annotation-min.json": (
+        json.dumps([{"image_id": 1, "caption": "x", "annotation_id": "a1"}]),
+        "annotation-min.json record 1: annotation_id must be a whole number, got 'a1'",
+    ),
     # 3. NUL in any text field, in every format
     "nul.jsonl": (
         _line(reviewed_caption="a\x00dot"),

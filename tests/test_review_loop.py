@@ -149,11 +149,18 @@ def test_chunk_boundaries_change_nothing(drafted, tmp_path, monkeypatch):
     assert all(len(r.alternatives) == 2 for r in whole)
 
 
+def _unknown_image(frame, row: int) -> None:
+    """The row names an image the store lacks, by id, path and content hash alike (an id alone
+    that does not fit is matched by path: tests/test_import_matching.py)."""
+    for column, value in (("image_id", 999), ("path", "gone.jpg"), ("content_hash", "0" * 64)):
+        frame[column] = frame[column].where(frame.index != row, value)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda f: f.__setitem__("image_id", f["image_id"].where(f.index != 2, 999)),
-         "reviewed.csv line 4: no image with id 999"),
+        (lambda f: _unknown_image(f, 2),
+         "reviewed.csv line 4: no image with id 999 in the store; no image at path 'gone.jpg'"),
         (lambda f: f.__setitem__("outcome", f["outcome"].where(f.index != 1, "maybe")),
          "reviewed.csv line 3: unknown outcome 'maybe'"),
     ],

@@ -135,11 +135,16 @@ def import_cli(
     result = import_reviews(open_store_for(db), file, fmt=fmt, reviewer=reviewer, datasets=dataset)
     if json_output:
         print_json({"source": result.source, "records": result.records, "added": result.added,
-                    "already": result.already, "by_outcome": dict(result.by_outcome)})  # fmt: skip
+                    "updated": result.updated, "already": result.already,
+                    "by_outcome": dict(result.by_outcome),
+                    "matched_by": result.matched_by})  # fmt: skip
         return
     outcomes = ", ".join(f"{n} {o}" for o, n in sorted(result.by_outcome.items())) or "none"
-    console.print(f"{result.added} reviews added, {result.already} already imported "
-                  f"({outcomes})", markup=False)  # fmt: skip
+    console.print(f"{result.added} reviews added, {result.updated} updated, {result.already} "
+                  f"already imported ({outcomes})", markup=False)  # fmt: skip
+    ways = result.matched_by
+    console.print(f"{result.records} records matched: {ways['id']} by id, {ways['path']} by "
+                  f"path, {ways['content_hash']} by content hash", markup=False)  # fmt: skip
 
 
 @app.command("stats")

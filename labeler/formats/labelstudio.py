@@ -28,6 +28,14 @@ In: one record per task from the JSON export, one per annotation from the flat o
   annotation_id, created_at, updated_at. Cancelled annotations are dropped by the converter,
   so no skipped outcome comes back from these; a record with an annotation_id but no caption
   is rejected, one without an annotation_id (a task nobody annotated) is not reviewed.
+Every record names its annotation (`external_id`, "label-studio:<annotation id>") and the
+annotation's update time (updated_at, else created_at), so that one annotation is one review
+whichever export brought it: the JSON export gives the annotation's `id`, the flat ones its
+`annotation_id`, and the times come from the same fields. Annotation ids are the primary key of
+Label Studio's annotations table, unique across the projects of one server; the project id is
+not part of the name because only the JSON export carries it (the same annotation through JSON
+and CSV would otherwise be two reviews). The store adds the image it matched, which keeps two
+servers' annotations with one id apart unless they review the same image.
 The reviewer is the annotator's e-mail, else their name, else Label Studio's user id:
 `completed_by` is an id or a user object, the flat exports' `annotator` an id or an e-mail, and
 some versions add `created_username` / `updated_by` as "user@example.com, 1".
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +80,8 @@ LABEL_CONFIG_WITH_ALTERNATIVES = LABEL_CONFIG.replace(
     f'value="${ALTERNATIVES}"/></View>',
 )
 LOCAL_FILES = "/data/local-files/?d="
+EXTERNAL_PREFIX = "label-studio:"  # a record's external_id: this and the annotation id
+_WHOLE = re.compile(r"\s*(\d{1,20})(?:\.0*)?\s*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -276,6 +287,7 @@ def review_from_task(where: str, item: object, *, control: str = CONTROL) -> Rev
         outcome = None if reviewed else "rejected"
     decided = decide_outcome(where, ids["draft_text"], reviewed, outcome)
     assert decided is not None  # an outcome or a text is always given here
+    changed = _annotation_time(chosen, where)
     return ReviewRecord(
         where=where,
         **ids,
@@ -284,8 +296,24 @@ def review_from_task(where: str, item: object, *, control: str = CONTROL) -> Rev
         reviewer=_reviewer(
             chosen.get("completed_by"), chosen.get("created_username"), chosen.get("updated_by")
         ),
-        reviewed_at=_annotation_time(chosen, where),
+        reviewed_at=changed,
+        external_id=_external_id(chosen.get("id"), where),
+        external_updated_at=changed,
     )
+
+
+def _external_id(annotation_id: object, where: str) -> str | None:
+    """The name of an annotation across exports: its id, written the same from JSON (a number)
+    and from CSV (text, '17' or '17.0' after a spreadsheet). Any size: it is never stored as a
+    number, and a server may count its annotations in 64 bits."""
+    if annotation_id is None or annotation_id == "":
+        return None
+    found = None if isinstance(annotation_id, bool) else _WHOLE.fullmatch(str(annotation_id))
+    if found is None:
+        raise FormatError(
+            f"{where}: annotation_id must be a whole number, got {annotation_id!r:.40}"
+        )
+    return f"{EXTERNAL_PREFIX}{int(found.group(1))}"
 
 
 def _annotation_time(record: Mapping[str, Any], where: str) -> datetime | None:
@@ -325,6 +353,7 @@ def review_from_flat(
         return None
     decided = decide_outcome(where, ids["draft_text"], reviewed, None if reviewed else "rejected")
     assert decided is not None
+    changed = _annotation_time(item, where)
     return ReviewRecord(
         where=where,
         **ids,
@@ -333,5 +362,7 @@ def review_from_flat(
         reviewer=_reviewer(
             item.get("annotator"), item.get("created_username"), item.get("updated_by")
         ),
-        reviewed_at=_annotation_time(item, where),
+        reviewed_at=changed,
+        external_id=_external_id(item.get("annotation_id"), where),
+        external_updated_at=changed,
     )

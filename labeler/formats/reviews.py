@@ -1,10 +1,13 @@
 """Reading reviewed captions back: our CSV / JSONL / JSON after editing, and Label Studio's exports.
 
-The whole file is read and checked before anything is returned, so a malformed file yields an
-error naming its line or record and no records at all: the store can then import all or
-nothing. Files are UTF-8 (a byte-order mark is fine, as Excel writes one); anything else is
-refused with the line of the first bad byte rather than guessed at, because a wrong guess
-silently corrupts every accented caption.
+A file is read a record at a time (`ReviewFile.records`), as often as asked, so that the store
+can check every record in one pass and write in a second without holding the file (a million
+records would take gigabytes as objects). Every error names its line or record; the store
+imports all or nothing by reading the file through once before it writes. `read_reviews` is the
+same as one list, for callers that want one. Files are UTF-8 (a byte-order mark is fine, as
+Excel writes one); anything else is refused with the line of the first bad byte rather than
+guessed at, because a wrong guess silently corrupts every accented caption. The text and JSON
+layers live in streams.py.
 
 The format is detected from the content, not the name: a JSON array is told apart by its first
 element (`data` + annotations: Label Studio JSON; `reviewed_caption` / `outcome`: ours; a
@@ -30,10 +33,11 @@ touched: text holding a NUL or a lone surrogate (which PostgreSQL, or any encodi
 ids outside 0 to rows.MAX_ID (PostgreSQL's id columns are 32-bit) and JSON nested deeper than
 the parser's stack are errors naming the line or record, never a traceback from the database.
 
-In our own formats (one row per draft), two records for the same image (matched the way the
-store matches them: by id, else path, else content hash) and the same draft are refused when
-they say different things, naming both; an exact repeat is kept once. Label Studio's exports
-are left alone: they hold one record per annotation, and a task may have several.
+In our own formats (one row per draft), two records of the same image and draft are refused
+when they say different things, naming both; an exact repeat is kept once (repeats.py: 32
+bytes a record, on disk past a limit). The image is named by the record's first id of image_id, path
+and content hash: within one file those name one image. Label Studio's exports are left alone:
+they hold one record per annotation, and a task may have several.
 
 Matching records to images, and refusing unknown images or paths outside a dataset, is the
 store's job; here a record only has to name an image (image_id, path or content_hash).
@@ -41,26 +45,27 @@ store's job; here a record only has to name an image (image_id, path or content_
 
 from __future__ import annotations
 
-import codecs
 import csv
-import io
+import itertools
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from labeler.errors import FormatError, InputError
 from labeler.formats import labelstudio
+from labeler.formats.repeats import ID_COLUMNS, Repeats
 from labeler.formats.rows import (
     MAX_TEXT,
     ReviewRecord,
     decide_outcome,
     int_field,
-    normalise_text,
     restore_formula,
     text_field,
     time_field,
 )
+from labeler.formats.streams import first_character, json_array_items, open_text
 
 FORMATS = ("csv", "jsonl", "json", "label-studio", "label-studio-min", "label-studio-csv")
 ALIASES = {
@@ -71,36 +76,90 @@ ALIASES = {
     "label-studio-json-min": "label-studio-min",
     "ls-csv": "label-studio-csv",
 }
-ID_COLUMNS = ("image_id", "path", "content_hash")
 OUR_REVIEW_COLUMNS = ("reviewed_caption", "outcome")
 LS_MARKERS = ("annotation_id", "annotator", "lead_time")
 DELIMITERS = (",", ";", "\t")
+ARRAY_FORMATS = (None, "json", "label-studio", "label-studio-min")  # read as a JSON array
+
+
+class ReviewFile:
+    """A reviewed file and its format (detected when not given); `records` reads it anew."""
+
+    def __init__(self, path: Path, *, fmt: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        requested = _check_format_name(fmt)
+        with open_text(self.path) as stream:
+            head = first_character(stream)
+        self._array = requested in ARRAY_FORMATS and head == "["
+        self.format = requested or self._detect(head)
+
+    @property
+    def refuses_repeats(self) -> bool:
+        """Whether two records of one draft must agree: our formats hold one row per draft."""
+        return self.format in ("csv", "jsonl", "json")
+
+    def records(self) -> Iterator[ReviewRecord]:
+        """Every reviewed record in file order, repeats included; unreviewed ones left out."""
+        convert = {
+            "label-studio": labelstudio.review_from_task,
+            "label-studio-min": labelstudio.review_from_flat,
+            "label-studio-csv": labelstudio.review_from_flat,
+        }.get(self.format, review_from_ours)
+        with open_text(self.path) as stream:
+            for where, item in self._items(stream):
+                record = _converted(convert, where, item)
+                if record is not None:
+                    yield record
+
+    def _items(self, stream: TextIO) -> Iterator[tuple[str, Any]]:
+        if self._array:
+            return _numbered(json_array_items(stream, self.name), self.name)
+        if self.format in ("csv", "label-studio-csv"):
+            return _csv_items(stream, self.path, self.format)
+        if self.format == "jsonl":
+            return _jsonl_items(stream, self.name)
+        # A JSON flavour was asked for, but the file is not an array: an error, or nothing.
+        return _numbered(_load_json(stream.read(), self.name), self.name)
+
+    def _detect(self, head: str) -> str:
+        if self._array:
+            with open_text(self.path) as stream:
+                first = next(json_array_items(stream, self.name), None)
+            return _json_flavour(first, self.name)
+        if not head:
+            raise FormatError(f"{self.name}: the file is empty")
+        if head == "{":
+            return "jsonl"
+        with open_text(self.path) as stream:
+            header = _header(stream.readline())
+        if any(c in header for c in OUR_REVIEW_COLUMNS):
+            return "csv"
+        if any(c in header for c in LS_MARKERS) or labelstudio.CONTROL in header:
+            return "label-studio-csv"
+        raise FormatError(
+            f"{self.name} line 1: cannot tell the format: no reviewed_caption/outcome column "
+            "(our CSV) and no annotation_id/caption column (Label Studio CSV)"
+        )
 
 
 def read_reviews(path: Path, *, fmt: str | None = None) -> list[ReviewRecord]:
-    """Every reviewed row of `path`, in file order; unreviewed rows are left out."""
-    fmt = _check_format_name(fmt)
-    text = read_text(path)
-    name = path.name
-    document = _load_json(text, name) if _is_json_array(text, fmt) else None
-    fmt = fmt or _detect(text, name, document)
-    if document is not None:
-        items = _numbered(document, name)
-    elif fmt in ("csv", "label-studio-csv"):
-        items = _csv_items(text, name, fmt)
-    elif fmt == "jsonl":
-        items = _jsonl_items(text, name)
-    else:  # a JSON flavour was asked for, but the file is not an array
-        items = _numbered(_load_json(text, name), name)
-    convert = {
-        "label-studio": labelstudio.review_from_task,
-        "label-studio-min": labelstudio.review_from_flat,
-        "label-studio-csv": labelstudio.review_from_flat,
-    }.get(fmt, review_from_ours)
-    converted = (_converted(convert, where, item) for where, item in items)
-    records = [r for r in converted if r is not None]
-    # Label Studio's flat exports hold a record per annotation, several per task by design.
-    return _without_repeats(records, name) if convert is review_from_ours else records
+    """Every reviewed row of `path`, in file order, exact repeats once; unreviewed rows are
+    left out. The whole file as a list: the store reads it with ReviewFile instead."""
+    source = ReviewFile(path, fmt=fmt)
+    records = list(source.records())
+    if not source.refuses_repeats:
+        return records
+    repeats = Repeats(source.name)
+    for record in records:
+        repeats.add(record)
+    repeats.finish(records.__getitem__)
+    return list(repeats.kept(records))
+
+
+def detect_format(path: Path) -> str:
+    """The format name of an import file (one of FORMATS)."""
+    return ReviewFile(path).format
 
 
 def _converted(convert: Any, where: str, item: object) -> ReviewRecord | None:
@@ -112,17 +171,6 @@ def _converted(convert: Any, where: str, item: object) -> ReviewRecord | None:
         raise FormatError(f"{where}: nested too deeply to read") from None
 
 
-def detect_format(path: Path) -> str:
-    """The format name of an import file (one of FORMATS)."""
-    text = read_text(path)
-    document = _load_json(text, path.name) if _is_json_array(text, None) else None
-    return _detect(text, path.name, document)
-
-
-def _is_json_array(text: str, fmt: str | None) -> bool:
-    return fmt in (None, "json", "label-studio", "label-studio-min") and text.lstrip()[:1] == "["
-
-
 def _check_format_name(fmt: str | None) -> str | None:
     if fmt is None:
         return None
@@ -130,47 +178,6 @@ def _check_format_name(fmt: str | None) -> str | None:
     if name not in FORMATS:
         raise InputError(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
     return name
-
-
-def read_text(path: Path) -> str:
-    """The file as text: UTF-8, with or without a byte-order mark."""
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; name the reviewed file inside it")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    # The mark is taken off here rather than by the utf-8-sig codec, whose error offsets count
-    # from after the mark.
-    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[skip:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = skip + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise FormatError(
-            f"{path.name} line {line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset "
-            f"{offset}); save the file as UTF-8 (in Excel: CSV UTF-8)"
-        ) from None
-
-
-def _detect(text: str, name: str, document: list[Any] | None) -> str:
-    if document is not None:
-        return _json_flavour(document[0] if document else None, name)
-    head = text.lstrip()[:1]
-    if not head:
-        raise FormatError(f"{name}: the file is empty")
-    if head == "{":
-        return "jsonl"
-    header = _header(text)
-    if any(c in header for c in OUR_REVIEW_COLUMNS):
-        return "csv"
-    if any(c in header for c in LS_MARKERS) or labelstudio.CONTROL in header:
-        return "label-studio-csv"
-    raise FormatError(
-        f"{name} line 1: cannot tell the format: no reviewed_caption/outcome column (our CSV) "
-        "and no annotation_id/caption column (Label Studio CSV)"
-    )
 
 
 def _json_flavour(first: object, name: str) -> str:
@@ -216,20 +223,20 @@ def _parse_json(text: str, name: str, line: int | None = None) -> Any:
         raise FormatError(f"{where}: bad JSON: {exc}") from None
 
 
-def _numbered(document: list[Any], name: str) -> Iterator[tuple[str, Any]]:
-    for index, item in enumerate(document, start=1):
+def _numbered(items: Iterable[Any], name: str) -> Iterator[tuple[str, Any]]:
+    for index, item in enumerate(items, start=1):
         yield f"{name} record {index}", item
 
 
-def _jsonl_items(text: str, name: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _jsonl_items(stream: TextIO, name: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         yield f"{name} line {number}", _parse_json(line, name, number)
 
 
-def _header(text: str) -> list[str]:
-    first_line = _first_line(text)
+def _header(first_line: str) -> list[str]:
+    first_line = first_line.rstrip("\r\n")
     return next(csv.reader([first_line], delimiter=_delimiter(first_line)), [])
 
 
@@ -241,15 +248,14 @@ def _delimiter(first_line: str) -> str:
     return ","
 
 
-def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, str | None]]]:
-    reader = csv.reader(
-        io.StringIO(text, newline=""), delimiter=_delimiter(_first_line(text)), strict=True
-    )
+def _csv_items(stream: TextIO, path: Path, fmt: str) -> Iterator[tuple[str, dict[str, str | None]]]:
+    name = path.name
+    first = stream.readline()
+    delimiter = _delimiter(first.rstrip("\r\n"))
+    reader = csv.reader(itertools.chain([first], stream), delimiter=delimiter, strict=True)
     header = [c.strip() for c in next(reader, [])]
     _check_columns(header, name, fmt)
     restore = restore_formula if fmt == "csv" else None  # only our export guards formulas
-    # The end of the last line without its line break, blank space aside.
-    unterminated = not text.rstrip(" \t\f\v").endswith(("\n", "\r"))
     complete = None  # whether every row so far had every column; None before the first
     rows = _csv_rows(reader, name)
     following = next(rows, None)
@@ -257,11 +263,12 @@ def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, 
         start, row = following
         following = next(rows, None)
         where = f"{name} line {start}"
-        if len(row) < len(header) and complete and following is None and unterminated:
+        short = len(row) < len(header)
+        if short and complete and following is None and _no_final_line_break(path):
             raise FormatError(
                 f"{where}: the file ends after {len(row)} of {len(header)} fields (truncated?)"
             )
-        complete = complete is not False and len(row) >= len(header)
+        complete = complete is not False and not short
         if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
             raise FormatError(
                 f"{where}: {len(row)} fields but the header has {len(header)} "
@@ -270,6 +277,20 @@ def _csv_items(text: str, name: str, fmt: str) -> Iterator[tuple[str, dict[str, 
         if restore is not None:
             row = list(map(restore, row))
         yield where, {key: (value or None) for key, value in zip(header, row, strict=False)}
+
+
+def _no_final_line_break(path: Path) -> bool:
+    """Whether the file's last line, blank space aside, lacks its line break."""
+    with open(path, "rb") as raw:
+        end = raw.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - 4096)
+            raw.seek(start)
+            tail = raw.read(end - start).rstrip(b" \t\f\v")
+            if tail:
+                return not tail.endswith((b"\n", b"\r"))
+            end = start
+    return True
 
 
 def _csv_rows(reader: Any, name: str) -> Iterator[tuple[int, list[str]]]:
@@ -298,10 +319,6 @@ def _csv_error(message: str, name: str, start: int, line: int) -> str:
     if message.startswith("field larger than field limit"):
         return f"{name} line {start}: a field is longer than the limit of {MAX_TEXT} characters"
     return f"{name} line {line}: unreadable CSV: {message}"
-
-
-def _first_line(text: str) -> str:
-    return text.split("\n", 1)[0].rstrip("\r")
 
 
 def _check_columns(header: list[str], name: str, fmt: str) -> None:
@@ -352,35 +369,3 @@ def review_from_ours(where: str, item: object) -> ReviewRecord | None:
         reviewer=text_field(item.get("reviewer"), where, "reviewer") or None,
         reviewed_at=time_field(item.get("reviewed_at"), where, "reviewed_at"),
     )
-
-
-def _without_repeats(records: list[ReviewRecord], name: str) -> list[ReviewRecord]:
-    """The records with exact repeats left out; two different reviews of one draft are an error.
-
-    Images are told apart as the store matches them: by id, else path, else content hash."""
-    seen: dict[tuple[object, ...], ReviewRecord] = {}
-    kept = []
-    for record in records:
-        image = next(((i, v) for i, v in enumerate(_ids(record)) if v is not None), None)
-        if image is None:  # nothing to match by: the store names it
-            kept.append(record)
-            continue
-        key = (*image, record.caption_id)
-        first = seen.setdefault(key, record)
-        if first is record:
-            kept.append(record)
-        elif _said(first) != _said(record):
-            what = ID_COLUMNS[image[0]]
-            raise FormatError(
-                f"{first.where} and {record.where.removeprefix(name + ' ')}: two different "
-                f"reviews of the image with {what} {image[1]!r}; keep one"
-            )
-    return kept
-
-
-def _ids(record: ReviewRecord) -> tuple[int | str | None, ...]:
-    return record.image_id, record.path, record.content_hash
-
-
-def _said(record: ReviewRecord) -> tuple[str, str | None]:
-    return normalise_text(record.reviewed_text or ""), record.outcome

@@ -288,6 +288,11 @@ class ReviewRecord:
     that the store can name it when the record does not match. At least one of image_id, path,
     content_hash is set. `outcome` is None only when the file did not say and the draft text
     was not there to compare against: the store then compares with its own draft.
+
+    `external_id` is the review tool's own name for the review when it has one (a Label Studio
+    annotation: "label-studio:<annotation id>"), the same whichever file or format brought it,
+    and `external_updated_at` when the tool last changed it: the store keeps one review per
+    external id and image, replaced only by a newer one.
     """
 
     where: str
@@ -300,6 +305,8 @@ class ReviewRecord:
     outcome: str | None = None
     reviewer: str | None = None
     reviewed_at: datetime | None = None
+    external_id: str | None = None
+    external_updated_at: datetime | None = None
 
 
 def normalise_text(text: str) -> str:
