@@ -1,9 +1,9 @@
 """Golden files: every export format's exact bytes for one fixed store, so that a refactor of
-the exports (issue 12) shows any change in what reviewers receive as a diff.
+the exports shows any change in what reviewers receive as a diff.
 
 The store is written row by row with SQLAlchemy core inserts, every id, hash, score and time
 fixed, once per backend: SQLite, and PostgreSQL too when the suite runs against one, compared
-with the same files but for one known difference (POSTGRES_OFFSET). Each variant exports
+with the same files (times are UTC with their offset on both). Each variant exports
 through `export_drafts`, the function `labeler export` calls, into a fresh folder. Before
 comparing, the test folder's path is replaced by `<ROOT>` in every spelling an export may use
 (plain, JSON-escaped, URL-quoted, XML-escaped), and the one value that depends on the clock,
@@ -270,13 +270,6 @@ def placeholders(data: bytes, base: Path) -> bytes:
     return re.sub(rb"<dumped>[^<]*</dumped>", b"<dumped>DUMPED_AT</dumped>", data)
 
 
-# A known difference between the backends: the tabular exports write reviewed_at as read back,
-# naive from SQLite ("2024-05-02T09:00:00") and with its offset from PostgreSQL ("...+00:00").
-# Until they agree, PostgreSQL's offset is dropped before comparing; it must be found, so that
-# the day the backends agree this test fails and asks for the allowance to go.
-POSTGRES_OFFSET = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\+00:00")
-
-
 @pytest.fixture(scope="module", params=backends())
 def built(request, tmp_path_factory) -> Iterator[tuple[Store, Path]]:
     """The fixed store on one backend, built once for every variant (each exports into a
@@ -313,9 +306,6 @@ def test_export_matches_its_golden_files(variant, built):
     outputs = run_variant(store, variant, root, out)
     for golden_name, data in outputs.items():
         data = placeholders(data, base)
-        if not store.is_sqlite and VARIANTS[variant][0] in ("csv", "jsonl", "json"):
-            data, found = POSTGRES_OFFSET.subn(rb"\1", data)
-            assert found, "PostgreSQL's reviewed_at is now SQLite's: remove POSTGRES_OFFSET"
         assert str(base.parent).encode() not in data, f"{golden_name}: the test folder leaked"
         golden = GOLDEN / golden_name
         if UPDATE and store.is_sqlite:

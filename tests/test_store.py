@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 
 import pytest
@@ -420,3 +421,27 @@ def test_0004_binds_reviews_to_their_draft_text_and_keeps_run_links(store_url):
     with engine.connect() as conn:
         assert _run_links(conn) == [5, 5, 11]
     engine.dispose()
+
+
+def test_times_are_stored_and_read_back_as_utc_on_every_backend(store):
+    two_hours_east = dt.timezone(dt.timedelta(hours=2))
+    with store.write() as session:
+        session.add(
+            Dataset(
+                id=1,
+                name="d",
+                root="/d",
+                root_raw=b"/d",
+                created_at=dt.datetime(2024, 5, 2, 11, 0, tzinfo=two_hours_east),
+            )
+        )
+        session.add(
+            Dataset(
+                id=2, name="e", root="/e", root_raw=b"/e", created_at=dt.datetime(2024, 5, 2, 9, 0)
+            )
+        )  # naive: taken as UTC
+    with store.session() as session:
+        times = session.scalars(select(Dataset.created_at).order_by(Dataset.id)).all()
+    nine_utc = dt.datetime(2024, 5, 2, 9, 0, tzinfo=dt.timezone.utc)
+    assert times == [nine_utc, nine_utc]
+    assert all(t.utcoffset() == dt.timedelta(0) for t in times)

@@ -41,6 +41,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -60,6 +61,30 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A moment in time, stored and read back as UTC on every backend. SQLite keeps no offset, so
+    an aware value is turned into UTC before it is stored (it kept its local wall time before),
+    a naive one is taken as UTC, and what comes back is aware UTC, as on PostgreSQL: the same
+    store gives the same `reviewed_at` in an export whichever database holds it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return _as_utc(value)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return _as_utc(value)
+
+
+def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -75,7 +100,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     root: Mapped[str] = mapped_column(Text)  # absolute folder, readable form
     root_raw: Mapped[bytes] = mapped_column(LargeBinary)  # absolute folder, exact bytes
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Image(Base):
@@ -101,8 +126,8 @@ class Image(Base):
     frames: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
-    first_seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    scanned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    scanned_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Model(Base):
@@ -114,7 +139,7 @@ class Model(Base):
     family: Mapped[str] = mapped_column(String(50))  # e.g. "show-tell"
     source: Mapped[str | None] = mapped_column(Text)  # where the checkpoint was loaded from
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # config and training metadata
-    registered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class CaptionRun(Base):
@@ -131,8 +156,8 @@ class CaptionRun(Base):
     # The worker process's start time (seconds since the epoch, as the OS reports it): with host
     # and pid it tells a dead worker from a live one that reused the pid.
     process_started: Mapped[float | None] = mapped_column(Float)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # captioned, failed by reason...
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # seconds per stage
     error: Mapped[str | None] = mapped_column(Text)
@@ -162,7 +187,7 @@ class StoredCalibrator(Base):
     auroc: Mapped[float | None] = mapped_column(Float)  # out of fold, for acceptance/rightness
     ece: Mapped[float | None] = mapped_column(Float)
     examples: Mapped[int] = mapped_column(Integer)  # judged drafts it was fitted on
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Caption(Base):
@@ -199,7 +224,7 @@ class Caption(Base):
     repeated_ngram: Mapped[bool] = mapped_column(Boolean)
     has_unknown: Mapped[bool] = mapped_column(Boolean)
     stale: Mapped[bool] = mapped_column(Boolean, default=False)  # the file changed since
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Review(Base):
@@ -216,7 +241,7 @@ class Review(Base):
     text: Mapped[str | None] = mapped_column(Text)  # the caption the reviewer kept or wrote
     outcome: Mapped[str] = mapped_column(String(16))
     reviewer: Mapped[str | None] = mapped_column(String(200))
-    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     source: Mapped[str | None] = mapped_column(Text)  # the imported file
     # The text of the draft the review judged: it counts for that draft, and for any draft of the
     # image with the same text (caption_id is lost when the draft is re-made; this is not).
@@ -224,10 +249,10 @@ class Review(Base):
     # The review tool's own identity of the review (e.g. a Label Studio annotation) and when the
     # tool last changed it: the same annotation from any file is one review; a newer one replaces it
     external_id: Mapped[str | None] = mapped_column(String(200))
-    external_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    external_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Hash of what the review says; importing the same file twice adds nothing.
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class CaptionClaim(Base):
@@ -249,5 +274,5 @@ class CaptionClaim(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     process_started: Mapped[float | None] = mapped_column(Float)  # as in caption_runs
     run_id: Mapped[int | None] = mapped_column(ForeignKey("caption_runs.id", ondelete="SET NULL"))
-    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
