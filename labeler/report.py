@@ -129,7 +129,7 @@ def write_report(
     started = time.perf_counter()
     dest = Path(dest)
     folder = dest.with_name(f"{dest.stem}_files")  # as browsers save a page with its files
-    _check(dest, folder, sort, min(n_best, per_page, bins), thumb_size, force)
+    _check(dest, folder, sort, min(n_best, per_page), thumb_size, force)
     stats = compute_stats(store, spec=replace(spec, limit=None), bins=bins)
     total = stats.drafts if spec.limit is None else min(stats.drafts, spec.limit)
     result = ReportResult(index=dest, folder=folder)
@@ -171,7 +171,7 @@ def _check(dest: Path, folder: Path, sort: str, least: int, thumb_size: int, for
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
     if least < 1:
-        raise InputError("--n-best, --per-page and --bins must be at least 1")
+        raise InputError("--n-best and --per-page must be at least 1")
     if thumb_size != 0 and not 16 <= thumb_size <= 1024:
         raise InputError("--thumb-size must be 0 (no thumbnails) or 16 to 1024 pixels")
     check_destination(dest, force=force)

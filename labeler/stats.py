@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from labeler import calibration
+from labeler.errors import InputError
 from labeler.formats.rows import ExportRow, normalise_text
 from labeler.store import Store
 from labeler.store import calibrators as calibrator_store
@@ -136,7 +137,12 @@ class _Judged:
 def compute_stats(
     store: Store, *, spec: DraftFilter = DraftFilter(), bins: int = 10, target: float = 0.95
 ) -> Stats:
-    """The numbers above for the drafts `spec` selects (a `limit` takes the first by image id)."""
+    """The numbers above for the drafts `spec` selects (a `limit` takes the first by image id);
+    `bins` p_accept bands, `target` the acceptance the threshold must keep."""
+    if not 0 < target <= 1:  # NaN fails too
+        raise InputError(f"--target must be in (0, 1], got {target}")
+    if bins < 1:
+        raise InputError(f"--bins must be at least 1, got {bins}")
     with store.session() as session:
         chosen = resolve(session, spec)
         stats = Stats(

@@ -525,3 +525,15 @@ def test_the_read_ahead_counts_only_the_datasets_asked_for(store, tmp_path, monk
         assert not readahead.worthwhile(store, session, DraftFilter(datasets=["bulk", "nowhere"]))
     with pytest.raises(InputError, match="no dataset named nowhere"):
         export_drafts(store, "csv", tmp_path / "d.csv", spec=DraftFilter(datasets=["nowhere"]))
+
+
+def test_stats_refuse_a_target_or_bins_out_of_range_in_the_library_too(drafted):
+    for options, message in (({"target": 0}, "--target must be in"),
+                             ({"target": 1.5}, "--target must be in"),
+                             ({"target": float("nan")}, "--target must be in"),
+                             ({"bins": 0}, "--bins must be at least 1")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            compute_stats(drafted, **options)
+    result = CliRunner().invoke(app, ["stats", "--target", "2", "--db", drafted.url])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["Error: --target must be in (0, 1], got 2.0"]

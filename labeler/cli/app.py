@@ -132,7 +132,7 @@ SortOption = Annotated[
 ]
 
 
-def draft_filter(dataset=None, model=None, settings=None, min_confidence=None,
+def draft_filter(*, dataset=None, model=None, settings=None, min_confidence=None,
                  max_confidence=None, review=None, flagged=None, path=None,
                  include_stale=False, limit=None, min_p_accept=None,
                  max_p_accept=None):  # type: ignore[no-untyped-def]  # fmt: skip

@@ -9,10 +9,18 @@ import typer
 from rich.table import Table
 
 from labeler.cli.app import (
+    BeamOption,
+    BlockRepeatsOption,
+    BlockUnkOption,
     DbOption,
     JsonOption,
+    LengthPenaltyOption,
+    MaxLenOption,
+    MinLenOption,
+    NBestOption,
     app,
     console,
+    decoding_overrides,
     err_console,
     open_store_for,
     print_json,
@@ -26,27 +34,13 @@ def caption_cli(
     dataset: Annotated[
         list[str] | None, typer.Option(help="Only this dataset (repeatable); default: all.")
     ] = None,
-    beam: Annotated[
-        int | None, typer.Option(help="Beam size; 1 is greedy. Default: the model's (else 3).")
-    ] = None,
-    max_len: Annotated[
-        int | None,
-        typer.Option(help="Most decoding steps (words + end). Default: the model's (else 20)."),
-    ] = None,
-    min_len: Annotated[int | None, typer.Option(help="Fewest words before the end.")] = None,
-    length_penalty: Annotated[
-        float | None, typer.Option(help="GNMT length penalty alpha; 0 ranks by log-likelihood.")
-    ] = None,
-    n_best: Annotated[
-        int | None, typer.Option(help="Drafts kept per image (<= beam). Default: the model's.")
-    ] = None,
-    block_repeats: Annotated[
-        int | None,
-        typer.Option(help="Forbid any n-gram of this size twice (0: off; 3: trigrams)."),
-    ] = None,
-    block_unk: Annotated[
-        bool | None, typer.Option("--block-unk/--allow-unk", help="Never emit the unknown word.")
-    ] = None,
+    beam: BeamOption = None,
+    max_len: MaxLenOption = None,
+    min_len: MinLenOption = None,
+    length_penalty: LengthPenaltyOption = None,
+    n_best: NBestOption = None,
+    block_repeats: BlockRepeatsOption = None,
+    block_unk: BlockUnkOption = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     procs: Annotated[
         int | None,
@@ -93,8 +87,10 @@ def caption_cli(
     store = open_store_for(db)
     captioner = ShowTellCaptioner.from_checkpoint(model, device=device)
     settings = (captioner.decoding or DecodeSettings()).overridden(
-        beam_size=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
-        n_best=n_best, block_repeat_ngram=block_repeats, block_unk=block_unk,
+        **decoding_overrides(
+            beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+            n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
+        )
     )  # fmt: skip
     with progress("Captioning", json_output) as report, _StopOnInterrupt() as stop:
         result = caption_images(

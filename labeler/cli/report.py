@@ -65,9 +65,11 @@ def report_cli(
     """
     from labeler.report import write_report
 
-    spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
-                        flagged, path, include_stale, limit, min_p_accept,
-                        max_p_accept)  # fmt: skip
+    spec = draft_filter(
+        dataset=dataset, model=model, settings=settings, min_confidence=min_confidence,
+        max_confidence=max_confidence, min_p_accept=min_p_accept, max_p_accept=max_p_accept,
+        review=review, flagged=flagged, path=path, include_stale=include_stale, limit=limit,
+    )  # fmt: skip
     store = open_store_for(db, create=False)
     with progress("Writing report", json_output) as report:
         result = write_report(

@@ -83,9 +83,11 @@ def export_cli(
     """
     from labeler.export import export_drafts
 
-    spec = draft_filter(dataset, model, settings, min_confidence, max_confidence, review,
-                        flagged, path, include_stale, limit, min_p_accept,
-                        max_p_accept)  # fmt: skip
+    spec = draft_filter(
+        dataset=dataset, model=model, settings=settings, min_confidence=min_confidence,
+        max_confidence=max_confidence, min_p_accept=min_p_accept, max_p_accept=max_p_accept,
+        review=review, flagged=flagged, path=path, include_stale=include_stale, limit=limit,
+    )  # fmt: skip
     result = export_drafts(
         open_store_for(db, create=False), fmt, output, spec=spec, sort=sort, n_best=n_best,
         force=force, document_root=document_root, url_prefix=url_prefix,
@@ -167,13 +169,8 @@ def stats_cli(
     """
     from labeler.stats import compute_stats
 
-    if not 0 < target <= 1 or bins < 1:
-        from labeler.errors import InputError
-
-        raise InputError("--target must be in (0, 1] and --bins at least 1")
-    stats = compute_stats(open_store_for(db, create=False),
-                          spec=draft_filter(dataset, model, settings), bins=bins,
-                          target=target)  # fmt: skip
+    spec = draft_filter(dataset=dataset, model=model, settings=settings)
+    stats = compute_stats(open_store_for(db, create=False), spec=spec, bins=bins, target=target)
     if json_output:
         print_json(stats.to_dict())
         return

@@ -263,7 +263,7 @@ def evaluate_cli(
     from labeler.evaluate import evaluate_model, evaluate_store
 
     if store_drafts:
-        spec = draft_filter(dataset, model, settings_key)
+        spec = draft_filter(dataset=dataset, model=model, settings=settings_key)
         result = evaluate_store(open_store_for(db), spec=spec, out_dir=out, use_java=java,
                                 force=force)  # fmt: skip
     else:
