@@ -252,11 +252,11 @@ def test_ctrl_c_ends_a_wait_at_once_and_the_run_is_interrupted(
             assert time.monotonic() < deadline, "the worker never captioned the free images"
             time.sleep(0.05)
         worker.send_signal(signal.SIGINT)  # once
-        out, _ = worker.communicate(timeout=20)  # the claim would hold it for ten minutes
+        out, err = worker.communicate(timeout=20)  # the claim would hold it for ten minutes
     finally:
         worker.kill()
         session.close()
-    assert worker.returncode == 0
+    assert worker.returncode == 0, err.decode()
     result = json.loads(out)
     assert result["interrupted"] and result["images"] == IMAGES - 1
     other, stopped = _runs(store)

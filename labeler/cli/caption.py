@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -154,7 +155,9 @@ class _StopOnInterrupt:
         if self._asked:
             raise KeyboardInterrupt
         self._asked = True
-        err_console.print("Stopping after the current batch (Ctrl-C again to abort now)...")
+        # Straight to the file descriptor: the signal may land anywhere, even inside an import
+        # rich is making for a print, which a rich print here would re-enter half-done.
+        os.write(2, b"Stopping after the current batch (Ctrl-C again to abort now)...\n")
 
     def requested(self) -> bool:
         return self._asked
