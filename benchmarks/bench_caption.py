@@ -45,14 +45,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from labeler.engines import auto_procs  # noqa: E402
-from labeler.loader import decode_first  # noqa: E402
+from labeler.caption.engines import auto_procs  # noqa: E402
+from labeler.caption.loader import decode_first  # noqa: E402
+from labeler.files.scan import scan  # noqa: E402
 from labeler.model.captioner import ShowTellCaptioner  # noqa: E402
 from labeler.model.checkpoint import save_checkpoint  # noqa: E402
 from labeler.model.drafts import DecodeSettings  # noqa: E402
 from labeler.model.show_tell import ModelConfig, ShowAndTell  # noqa: E402
 from labeler.model.vocab import Vocabulary  # noqa: E402
-from labeler.scan import scan  # noqa: E402
 from labeler.store import open_store  # noqa: E402
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=20)
@@ -161,11 +161,11 @@ def peak_rss_run(folder: Path, model: Path, db: Path) -> int:
     code = (
         "import resource, sys\n"
         f"sys.path[:0] = [{str(ROOT)!r}]\n"
-        "from labeler.caption import caption_images\n"
-        "from labeler.engines import auto_procs\n"
+        "from labeler.caption.job import caption_images\n"
+        "from labeler.caption.engines import auto_procs\n"
         "from labeler.model.captioner import ShowTellCaptioner\n"
         "from labeler.model.drafts import DecodeSettings\n"
-        "from labeler.scan import scan\n"
+        "from labeler.files.scan import scan\n"
         "from labeler.store import open_store\n"
         "if __name__ == '__main__':\n"
         f"    store = open_store({str(db)!r})\n"

@@ -13,7 +13,7 @@ Where the time goes: `read` streams the N drafts out of the store without writin
 and writing. Times include opening the store, not the imports. CPU seconds (of the writing
 process) are printed beside wall seconds: on a shared machine the wall clock also counts the
 time other processes had. An export of 20,000 drafts or more reads in a child process
-(labeler/readahead.py); its peak memory is printed beside the writer's, and "memory flat"
+(labeler/review/readahead.py); its peak memory is printed beside the writer's, and "memory flat"
 compares their sum.
 
     python benchmarks/bench_export.py                   # 1,000,000 drafts, imports of 1M and 100k
@@ -99,9 +99,9 @@ import json, multiprocessing, resource, sys, threading, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from labeler.store import open_store
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.store.drafts import DraftFilter, iter_drafts
 reader_peak_kib, done = [0], threading.Event()
-def watch():  # the export's reader process (labeler/readahead.py): its peak resident memory
+def watch():  # the export's reader process (labeler/review/readahead.py): its peak resident memory
     while not done.wait(0.05):
         for child in multiprocessing.active_children():
             try:
@@ -116,15 +116,15 @@ start, cpu = time.perf_counter(), time.process_time()
 store = open_store({db!r})
 spec = DraftFilter(datasets=[{dataset!r}])
 if {kind!r} == "import":
-    from labeler.importer import import_reviews
+    from labeler.review.importer import import_reviews
     result = import_reviews(store, Path({path!r}))
     count = result.added
 elif {kind!r} == "read":
-    from labeler.formats.rows import collector_paused
+    from labeler.records import collector_paused
     with store.session() as session, collector_paused():
         count = sum(len(chunk) for chunk in iter_drafts(session, spec).chunks())
 else:
-    from labeler.export import export_drafts
+    from labeler.review.export import export_drafts
     count = export_drafts(store, {kind!r}, Path({path!r}), spec=spec, force=True).count
 elapsed = time.perf_counter() - start
 done.set()

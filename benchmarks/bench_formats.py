@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labeler.formats.reviews import read_reviews  # noqa: E402
-from labeler.formats.rows import Alternative, ExportRow  # noqa: E402
 from labeler.formats.tabular import write_csv, write_jsonl  # noqa: E402
+from labeler.records import Alternative, ExportRow  # noqa: E402
 
 WORDS = [
     "a",

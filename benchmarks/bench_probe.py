@@ -1,4 +1,5 @@
-"""Micro-benchmark: `labeler.imageio.probe` against plain reading and hashing of the same files.
+"""Micro-benchmark: `labeler.files.probe.probe` against plain reading and hashing of the same
+files.
 
 Generates small JPEG and PNG files (distinct content, several sizes) in a temporary folder,
 warms the page cache, then times in alternating rounds and keeps each method's best round:
@@ -30,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from a checkout, installe
 
 import imagefactory  # noqa: E402
 
-from labeler.imageio import probe  # noqa: E402
+from labeler.files.probe import probe  # noqa: E402
 
 
 def hash_plain(paths: list[Path]) -> None:

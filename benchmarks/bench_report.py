@@ -35,9 +35,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import imagefactory  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from labeler import imageio  # noqa: E402
-from labeler.report import THUMB_SIZE, write_report  # noqa: E402
-from labeler.scan import scan  # noqa: E402
+from labeler.files import decode  # noqa: E402
+from labeler.files.scan import scan  # noqa: E402
+from labeler.review.report import THUMB_SIZE, write_report  # noqa: E402
 from labeler.store import open_store  # noqa: E402
 from labeler.store.captions import register_model, start_run  # noqa: E402
 from labeler.store.models import Caption, Image, Review  # noqa: E402
@@ -107,7 +107,7 @@ def floor(folder: Path, draft: bool) -> tuple[int, float]:
     paths = sorted(p for p in folder.rglob("*.jpg"))
     started = time.perf_counter()
     for path in paths:
-        image = imageio.load_rgb(path, draft_size=(THUMB_SIZE, 1) if draft else None)
+        image = decode.load_rgb(path, draft_size=(THUMB_SIZE, 1) if draft else None)
         image.thumbnail((THUMB_SIZE, THUMB_SIZE))
         image.save(io.BytesIO(), "JPEG", quality=70)
     return len(paths), time.perf_counter() - started

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import imagefactory  # noqa: E402
 
-from labeler.scan import scan  # noqa: E402
+from labeler.files.scan import scan  # noqa: E402
 from labeler.store import open_store  # noqa: E402
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from labeler.data.readers import read_captions  # noqa: E402
-from labeler.demo import DemoSettings, run_demo  # noqa: E402
-from labeler.features import compute_features  # noqa: E402
 from labeler.model.checkpoint import load_checkpoint  # noqa: E402
+from labeler.training.demo import DemoSettings, run_demo  # noqa: E402
+from labeler.training.features import compute_features  # noqa: E402
+from labeler.training.readers import read_captions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:  # type: ignore[no-untyped-def]

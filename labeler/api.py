@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas
 
-    from labeler.formats.rows import ExportRow
+    from labeler.records import ExportRow
     from labeler.store import Store
 
 PathLike = str | os.PathLike[str]
@@ -72,7 +72,7 @@ class LabelerStore:
     def scan(self, dataset: str, *folders: PathLike, **options: Any):  # type: ignore[no-untyped-def]
         """`labeler scan FOLDER... --dataset NAME`: returns the ScanResult. Options: include,
         exclude, hidden, follow_symlinks, max_pixels, workers."""
-        from labeler.scan import scan
+        from labeler.files.scan import scan
 
         if not folders:
             raise TypeError("scan() needs at least one folder")
@@ -98,7 +98,7 @@ class LabelerStore:
         (beam_size, max_len, min_len, length_penalty, n_best, block_repeat_ngram, block_unk)
         default to the checkpoint's; the others are caption_images' (datasets, batch_size,
         procs, workers, limit, recaption, lease_s, progress)."""
-        from labeler.caption import caption_images
+        from labeler.caption.job import caption_images
         from labeler.model.captioner import ShowTellCaptioner
         from labeler.model.drafts import DecodeSettings
 
@@ -117,7 +117,7 @@ class LabelerStore:
         model, settings_key, min/max_confidence, min/max_p_accept, review, flagged, path_glob,
         include_stale, limit), worst p_accept first unless `sort` says otherwise. Nothing is
         read until the selection is iterated or converted."""
-        from labeler.store.exports import DEFAULT_SORT, DraftFilter
+        from labeler.store.drafts import DEFAULT_SORT, DraftFilter
 
         return DraftSelection(self.store, DraftFilter(**filters), sort or DEFAULT_SORT, n_best)
 
@@ -125,8 +125,8 @@ class LabelerStore:
         """`labeler export -f FORMAT -o PATH`: returns the ExportResult. Filters as `drafts`;
         other options: sort, n_best, force, document_root, url_prefix, ground_truth,
         extension."""
-        from labeler.export import export_drafts
-        from labeler.store.exports import DraftFilter
+        from labeler.review.export import export_drafts
+        from labeler.store.drafts import DraftFilter
 
         spec = DraftFilter(**{k: options.pop(k) for k in list(options) if k in _FILTERS})
         dest = Path(path) if path is not None else None
@@ -135,14 +135,14 @@ class LabelerStore:
     def import_reviews(self, path: PathLike, **options: Any):  # type: ignore[no-untyped-def]
         """`labeler import FILE`: returns the ImportResult; all or nothing. Options: fmt,
         reviewer, datasets."""
-        from labeler.importer import import_reviews
+        from labeler.review.importer import import_reviews
 
         return import_reviews(self.store, Path(path), **options)
 
     def stats(self, *, bins: int = 10, target: float = 0.95, **filters: Any):  # type: ignore[no-untyped-def]
         """`labeler stats`: how far p_accept can be trusted on the reviews (a Stats)."""
-        from labeler.stats import compute_stats
-        from labeler.store.exports import DraftFilter
+        from labeler.review.stats import compute_stats
+        from labeler.store.drafts import DraftFilter
 
         return compute_stats(self.store, spec=DraftFilter(**filters), bins=bins, target=target)
 
@@ -179,7 +179,7 @@ class DraftSelection:
         return frame
 
     def _chunks(self) -> Iterator[Any]:
-        from labeler.store.exports import iter_drafts
+        from labeler.store.drafts import iter_drafts
 
         with self.store.session() as session:
             yield from iter_drafts(session, self.spec, sort=self.sort, n_best=self.n_best).chunks()

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
-from labeler.calibrate import calibrate
 from labeler.calibration import MIN_EXAMPLES, SIGNALS, Calibrator, draft_signals
 from labeler.cli import app
 from labeler.errors import InputError
+from labeler.review.calibrate import calibrate
 from labeler.store import calibrators as calibrator_store
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.store.drafts import DraftFilter, iter_drafts
 from labeler.store.models import (
     Caption,
     CaptionRun,

@@ -12,11 +12,11 @@ from captionkit import CALIBRATOR, tiny_checkpoint
 from sqlalchemy import func, select
 
 from labeler.calibration import Calibrator, draft_signals
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.errors import InputError
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
 from labeler.store import calibrators as calibrator_store
 from labeler.store import captions as caption_store
 from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image, StoredCalibrator
@@ -210,7 +210,7 @@ def test_loader_workers_decode_without_importing_torch(tmp_path):
     (path,) = make.write_many(tmp_path, 1, size=(64, 48))
     code = (
         "import sys\n"
-        "from labeler.loader import decode_first\n"
+        "from labeler.caption.loader import decode_first\n"
         "from labeler.model.preprocessing import Preprocessing\n"
         "prep = Preprocessing(resize=40, crop=32, mean=(0.5,) * 3, std=(0.2,) * 3)\n"
         f"decoded = decode_first([{str(path)!r}.encode()], prep.to_array, 40, 10**8)\n"

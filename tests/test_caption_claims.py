@@ -22,11 +22,11 @@ import pytest
 from captionkit import tiny_checkpoint
 from sqlalchemy import delete, func, insert, select
 
-from labeler import holders
-from labeler.caption import caption_images
+from labeler.caption import holders
+from labeler.caption.job import caption_images
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
 from labeler.store import captions as caption_store
 from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image, Model, utcnow
 

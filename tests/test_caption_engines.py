@@ -1,6 +1,6 @@
-"""The caption job with the model in separate processes (labeler/engines.py): the same drafts as
-the model in this process, failures recorded, a model file replaced mid-way refused, Ctrl-C
-finishing what the processes started, and the choice between the engines."""
+"""The caption job with the model in separate processes (labeler/caption/engines.py): the same
+drafts as the model in this process, failures recorded, a model file replaced mid-way refused,
+Ctrl-C finishing what the processes started, and the choice between the engines."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from captionkit import tiny_checkpoint
 from sqlalchemy import func, select
 
-from labeler import engines
-from labeler.caption import caption_images
+from labeler.caption import engines
+from labeler.caption.job import caption_images
 from labeler.errors import InputError, ModelError
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
 from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=2)

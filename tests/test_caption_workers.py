@@ -16,7 +16,7 @@ import imagefactory as make
 from captionkit import CALIBRATOR, tiny_checkpoint
 from sqlalchemy import func, select, text
 
-from labeler.scan import scan
+from labeler.files.scan import scan
 from labeler.store.models import Caption, CaptionClaim, CaptionRun, StoredCalibrator
 
 IMAGES = 40

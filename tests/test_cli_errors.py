@@ -19,12 +19,12 @@ from captionkit import tiny_checkpoint
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.cli import app
-from labeler.export import export_drafts
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
+from labeler.review.export import export_drafts
 from labeler.store import open_store
 from labeler.store.models import Image, Review
 

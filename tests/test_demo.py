@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from labeler.cli import app
 from labeler.model.checkpoint import load_checkpoint
 from labeler.store import open_store
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.store.drafts import DraftFilter, iter_drafts
 
 HELD_OUT = 8  # DemoSettings.quick().holdout_scenes
 

@@ -11,17 +11,17 @@ import pytest
 from captionkit import tiny_checkpoint
 from typer.testing import CliRunner
 
-from labeler import metrics
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.cli import app
-from labeler.data.readers import read_captions
 from labeler.errors import InputError
-from labeler.evaluate import evaluate_model, evaluate_store
-from labeler.features import PixelReader
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
 from labeler.store.models import Review
+from labeler.training import metrics
+from labeler.training.evaluate import evaluate_model, evaluate_store
+from labeler.training.features import PixelReader
+from labeler.training.readers import read_captions
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=8, min_len=5)  # five words: BLEU-4 is defined
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from labeler.features import FeatureCache, cache_key, compute_features, encoder_stages
 from labeler.model.preprocessing import Preprocessing
 from labeler.model.show_tell import ModelConfig, ShowAndTell
+from labeler.training.features import FeatureCache, cache_key, compute_features, encoder_stages
 
 PREP = Preprocessing(resize=32, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

@@ -30,9 +30,9 @@ from PIL import Image as PILImage
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from labeler.export import export_drafts
+from labeler.review.export import export_drafts
 from labeler.store import Store, open_store
-from labeler.store.exports import DraftFilter
+from labeler.store.drafts import DraftFilter
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from labeler.cli import app
 from labeler.formats.labelstudio import LABEL_CONFIG
-from labeler.importer import import_reviews
+from labeler.review.importer import import_reviews
 from labeler.store.models import Caption, Dataset, Image, Model, Review
 
 DRAFTS = {1: "a red dot", 2: "a blue dot", 3: "a green dot"}

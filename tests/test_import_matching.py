@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from labeler.cli import app
 from labeler.errors import FormatError
-from labeler.importer import import_reviews
+from labeler.review.importer import import_reviews
 from labeler.store.models import Caption, Dataset, Image, Model, Review
 
 # image id -> (path, content hash, caption id, draft): a store scanned afresh, so an export of

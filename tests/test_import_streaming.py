@@ -11,12 +11,12 @@ import tracemalloc
 import pytest
 from sqlalchemy import func, select
 
-from labeler import importer
 from labeler.errors import FormatError, InputError
 from labeler.formats import streams
 from labeler.formats.repeats import Repeats
 from labeler.formats.reviews import read_reviews
-from labeler.importer import import_reviews
+from labeler.review import importer
+from labeler.review.importer import import_reviews
 from labeler.store import Store, open_store
 from labeler.store.models import Caption, Dataset, Image, Model, Review
 

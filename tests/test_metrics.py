@@ -8,9 +8,9 @@ import psutil
 import pytest
 from pycocoevalcap.meteor.meteor import Meteor
 
-import labeler.metrics as metrics
+import labeler.training.metrics as metrics
 from labeler.errors import InputError
-from labeler.metrics import ptb_tokenize, score_captions, simple_tokenize
+from labeler.training.metrics import ptb_tokenize, score_captions, simple_tokenize
 
 JAVA = metrics.find_java()
 # Off CI a machine without Java skips the real-Java tests; on CI (which has Java) they must run.

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from labeler import relocate
 from labeler.cli import app
 from labeler.errors import InputError
-from labeler.relocate import move_dataset
-from labeler.scan import scan
+from labeler.files import relocate
+from labeler.files.relocate import move_dataset
+from labeler.files.scan import scan
 from labeler.store import open_store
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
 

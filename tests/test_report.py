@@ -22,14 +22,14 @@ from PIL import Image as PILImage
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.cli import app
 from labeler.errors import InputError
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.report import write_report
-from labeler.scan import scan
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.review.report import write_report
+from labeler.store.drafts import DraftFilter, iter_drafts
 from labeler.store.models import Caption, Model, Review
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=3)
@@ -350,7 +350,7 @@ def test_the_report_command(store, captioner, tmp_path):
 REPORTER = """
 import sys, time
 from pathlib import Path
-from labeler.report import write_report
+from labeler.review.report import write_report
 from labeler.store import open_store
 
 def pause(progress):

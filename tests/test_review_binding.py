@@ -20,19 +20,19 @@ from captionkit import tiny_checkpoint
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from labeler import calibrate as calibrate_module
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.cli import app
-from labeler.data.store_reader import read_reviewed
-from labeler.importer import import_reviews
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.report import write_report
-from labeler.scan import scan
-from labeler.stats import compute_stats, signals
-from labeler.store import exports
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.review import calibrate as calibrate_module
+from labeler.review.importer import import_reviews
+from labeler.review.report import write_report
+from labeler.review.stats import compute_stats, signals
+from labeler.store import drafts as exports
+from labeler.store.drafts import DraftFilter, iter_drafts
 from labeler.store.models import Caption, CaptionRun, Image, Review
+from labeler.training.store_reader import read_reviewed
 
 IMAGES = 8
 FIRST = DecodeSettings(beam_size=3, max_len=8)

@@ -19,20 +19,20 @@ from captionkit import tiny_checkpoint
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from labeler import readahead
 from labeler.calibration import auroc
-from labeler.caption import caption_images
+from labeler.caption.job import caption_images
 from labeler.cli import app
 from labeler.errors import FormatError, InputError, LabelerError, StoreError
-from labeler.export import export_drafts
+from labeler.files.scan import scan
 from labeler.formats import tabular
-from labeler.importer import import_reviews
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
-from labeler.stats import SCORES, compute_stats, threshold_for, word_edit_distance
-from labeler.store import exports
-from labeler.store.exports import DraftFilter, iter_drafts
+from labeler.review import readahead
+from labeler.review.export import export_drafts
+from labeler.review.importer import import_reviews
+from labeler.review.stats import SCORES, compute_stats, threshold_for, word_edit_distance
+from labeler.store import drafts as exports
+from labeler.store.drafts import DraftFilter, iter_drafts
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
 
 ImageRow, CaptionRow = Image.__table__, Caption.__table__
@@ -350,7 +350,7 @@ def test_a_record_with_only_a_content_hash_reviews_every_copy(drafted, tmp_path)
         import_reviews(drafted, unknown)
 
 
-# A large export is read in a child process (labeler/readahead.py) ---------------------------
+# A large export is read in a child process (labeler/review/readahead.py) --------------------------
 
 
 URL = "https://data.example/"
@@ -468,9 +468,9 @@ def test_a_reader_whose_writer_dies_exits_too(store, tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(
         "import multiprocessing, os, sys\n"
-        "from labeler import readahead\n"
+        "from labeler.review import readahead\n"
         "from labeler.store import open_store\n"
-        "from labeler.store.exports import DraftFilter, iter_drafts\n"
+        "from labeler.store.drafts import DraftFilter, iter_drafts\n"
         "if __name__ == '__main__':\n"
         f"    store = open_store({store.url!r})\n"
         "    with store.session() as session:\n"
@@ -501,8 +501,8 @@ def test_a_reader_that_cannot_start_leaves_the_reading_to_the_writer(drafted, tm
     export_drafts(drafted, "jsonl", tmp_path / "expected.jsonl", n_best=3)
     script = (
         "from pathlib import Path\n"
-        "from labeler import readahead\n"
-        "from labeler.export import export_drafts\n"
+        "from labeler.review import readahead\n"
+        "from labeler.review.export import export_drafts\n"
         "from labeler.store import open_store\n"
         "readahead.MIN_ROWS = 1\n"
         f"store = open_store({drafted.url!r})\n"

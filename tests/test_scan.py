@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from labeler.errors import InputError
-from labeler.scan import scan
+from labeler.files.scan import scan
 from labeler.store import images as image_store
 from labeler.store.models import Caption, Dataset, Image, Model
 

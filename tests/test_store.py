@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from labeler.errors import StoreError
 from labeler.store import open_store, resolve_url
 from labeler.store.engine import create_engine_for
-from labeler.store.migrate import alembic_config, backup_sqlite, head_revision
 from labeler.store.models import Base, Caption, Dataset, Image, Model, StoredCalibrator
+from labeler.store.opening import alembic_config, backup_sqlite, head_revision
 
 EXPECTED_COLUMNS = {
     "datasets": ["id", "name", "root", "root_raw", "created_at"],

@@ -14,19 +14,19 @@ import torch
 from typer.testing import CliRunner
 
 from labeler.cli import app
-from labeler.data.readers import read_captions
-from labeler.data.scenes import generate_scenes
-from labeler.data.store_reader import read_reviewed
 from labeler.errors import InputError
+from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.checkpoint import file_sha256, load_checkpoint
 from labeler.model.drafts import DecodeSettings
 from labeler.model.encoder import fetch_imagenet_weights
 from labeler.model.show_tell import ShowAndTell
 from labeler.model.vocab import Vocabulary
-from labeler.scan import scan
 from labeler.store.models import Caption, Image, Model, Review
-from labeler.train import TrainData, TrainSettings, state_path, train
+from labeler.training.readers import read_captions
+from labeler.training.scenes import generate_scenes
+from labeler.training.store_reader import read_reviewed
+from labeler.training.train import TrainData, TrainSettings, state_path, train
 
 TINY = TrainSettings(
     image_size=32, embed_size=16, hidden_size=16, dropout=0.1, min_word_count=1, epochs=3,
@@ -241,12 +241,12 @@ def test_train_and_scenes_commands(tmp_path):
 def test_ctrl_c_before_the_first_epoch_ends_fails_in_text_and_json_mode(
     tmp_path, monkeypatch, json_flag
 ):
-    import labeler.train
+    import labeler.training.train
 
     def ctrl_c(self, epoch):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt  # as a Ctrl-C during the first epoch
 
-    monkeypatch.setattr(labeler.train._Run, "train_epoch", ctrl_c)
+    monkeypatch.setattr(labeler.training.train._Run, "train_epoch", ctrl_c)
     runner = CliRunner()
     made = runner.invoke(app, ["scenes", str(tmp_path / "s"), "--count", "12", "--size", "40"])
     assert made.exit_code == 0, made.output

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.data.readers import read_captions
-from labeler.data.scenes import generate_scenes, mentioned_objects
-from labeler.features import compute_features
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.checkpoint import load_checkpoint, save_checkpoint
 from labeler.model.drafts import DecodeSettings
-from labeler.train import TrainSettings, train
-from labeler.train_calibration import (
+from labeler.training.calibrator import (
     CIDER_CRITERION,
     SCENES_CRITERION,
     fit_on_validation,
     sentence_cider,
     signals_of,
 )
+from labeler.training.features import compute_features
+from labeler.training.readers import read_captions
+from labeler.training.scenes import generate_scenes, mentioned_objects
+from labeler.training.train import TrainSettings, train
 
 TINY = TrainSettings(
     image_size=32, embed_size=16, hidden_size=16, dropout=0.1, min_word_count=1, epochs=2,

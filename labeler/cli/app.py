@@ -53,7 +53,7 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-# The draft filters shared by export, report and stats (labeler.store.exports.DraftFilter).
+# The draft filters shared by export, report and stats (labeler.store.drafts.DraftFilter).
 DatasetOption = Annotated[
     list[str] | None, typer.Option("--dataset", help="Only this dataset (repeatable).")
 ]
@@ -138,7 +138,7 @@ def draft_filter(*, dataset=None, model=None, settings=None, min_confidence=None
                  max_p_accept=None):  # type: ignore[no-untyped-def]  # fmt: skip
     """The DraftFilter of the shared options; a p_accept bound outside [0, 1] is an
     InputError (one line, exit code 1)."""
-    from labeler.store.exports import DraftFilter
+    from labeler.store.drafts import DraftFilter
 
     return DraftFilter(
         datasets=dataset or None, model=model, settings_key=settings,

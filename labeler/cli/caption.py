@@ -81,7 +81,7 @@ def caption_cli(
     Decoding options not given take the model's own defaults (saved in the checkpoint by labeler
     train).
     """
-    from labeler.caption import caption_images
+    from labeler.caption.job import caption_images
     from labeler.model.captioner import ShowTellCaptioner
     from labeler.model.drafts import DecodeSettings
 

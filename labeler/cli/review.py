@@ -1,4 +1,5 @@
-"""`labeler export`, `labeler import`, `labeler stats` and `labeler calibrate`: the review loop."""
+"""`labeler export`, `labeler import`, `labeler stats`, `labeler calibrate` and `labeler report`:
+the review loop."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from labeler.cli.app import (
     draft_filter,
     open_store_for,
     print_json,
+    progress,
 )  # fmt: skip
 
 
@@ -81,7 +83,7 @@ def export_cli(
 
     Exports are written atomically; an existing file is kept unless --force.
     """
-    from labeler.export import export_drafts
+    from labeler.review.export import export_drafts
 
     spec = draft_filter(
         dataset=dataset, model=model, settings=settings, min_confidence=min_confidence,
@@ -132,7 +134,7 @@ def import_cli(
     json_output: JsonOption = False,
 ) -> None:
     """Bring reviewed captions back; a bad file changes nothing and names its line."""
-    from labeler.importer import import_reviews
+    from labeler.review.importer import import_reviews
 
     result = import_reviews(open_store_for(db), file, fmt=fmt, reviewer=reviewer, datasets=dataset)
     if json_output:
@@ -167,7 +169,7 @@ def stats_cli(
     calibration error, the AUROC of p_accept, confidence and every raw signal, and the lowest
     p_accept that keeps the --target acceptance rate.
     """
-    from labeler.stats import compute_stats
+    from labeler.review.stats import compute_stats
 
     spec = draft_filter(dataset=dataset, model=model, settings=settings)
     stats = compute_stats(open_store_for(db, create=False), spec=spec, bins=bins, target=target)
@@ -236,7 +238,7 @@ def calibrate_cli(
     rejected; skipped ones left out), stores the calibrator as the model's next version and
     recomputes p_accept for all its drafts with these settings, all or nothing.
     """
-    from labeler.calibrate import calibrate
+    from labeler.review.calibrate import calibrate
 
     result = calibrate(open_store_for(db, create=False), model=model, settings_key=settings,
                        folds=folds, dry_run=dry_run)  # fmt: skip
@@ -265,3 +267,69 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+@app.command("report")
+def report_cli(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The index file to write.")],
+    dataset: DatasetOption = None,
+    model: ModelOption = None,
+    settings: SettingsOption = None,
+    min_confidence: MinConfidenceOption = None,
+    max_confidence: MaxConfidenceOption = None,
+    min_p_accept: MinPAcceptOption = None,
+    max_p_accept: MaxPAcceptOption = None,
+    review: ReviewOption = None,
+    flagged: FlaggedOption = None,
+    path: PathOption = None,
+    include_stale: StaleOption = False,
+    limit: LimitOption = None,
+    sort: SortOption = "p_accept",
+    n_best: Annotated[int, typer.Option(help="Drafts shown per image, the best included.")] = 3,
+    per_page: Annotated[int, typer.Option(help="Drafts per page.")] = 200,
+    thumb_size: Annotated[int, typer.Option(help="Thumbnail size in pixels; 0: none.")] = 160,
+    workers: Annotated[
+        int | None, typer.Option(help="Thumbnail processes; 0: inline; default: cores.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing report.")] = False,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write an HTML gallery of the drafts, worst p_accept first, with charts.
+
+    The index (-o) links to pages in a folder beside it (report_files/ for report.html).
+    The report opens offline; an existing one is kept unless --force.
+    """
+    from labeler.review.report import write_report
+
+    spec = draft_filter(
+        dataset=dataset, model=model, settings=settings, min_confidence=min_confidence,
+        max_confidence=max_confidence, min_p_accept=min_p_accept, max_p_accept=max_p_accept,
+        review=review, flagged=flagged, path=path, include_stale=include_stale, limit=limit,
+    )  # fmt: skip
+    store = open_store_for(db, create=False)
+    with progress("Writing report", json_output) as report:
+        result = write_report(
+            store, output, spec=spec, sort=sort, n_best=n_best, per_page=per_page,
+            thumb_size=thumb_size, workers=workers, force=force,
+            progress=lambda p: report(p.done, f"{p.placeholders} without preview", p.total),
+        )  # fmt: skip
+    missing = sum(result.placeholders.values())
+    if json_output:
+        print_json({
+            "index": str(result.index), "folder": str(result.folder), "pages": len(result.pages),
+            "drafts": result.drafts, "thumbnails": result.thumbnails,
+            "placeholders": dict(result.placeholders), "elapsed_s": round(result.elapsed_s, 3),
+            "removed": result.removed, "removed_bytes": result.removed_bytes,
+        })  # fmt: skip
+        return
+    if result.removed:
+        plural = "s" if result.removed != 1 else ""
+        console.print(f"removed {result.removed} leftover staging folder{plural} or file{plural} "
+                      f"({result.removed_bytes / 1e6:.1f} MB) of killed reports")  # fmt: skip
+    console.print(
+        f"{result.drafts} drafts in {len(result.pages)} pages, {result.thumbnails} thumbnails"
+        + (f", {missing} without preview" if missing else "")
+        + f", {result.elapsed_s:.1f} s: open {result.index}",
+        markup=False,
+    )

@@ -11,15 +11,15 @@ from labeler.formats.hf import write_hf
 from labeler.formats.labelstudio import write_label_studio
 from labeler.formats.reviews import FORMATS as IMPORT_FORMATS
 from labeler.formats.reviews import detect_format, read_reviews
-from labeler.formats.rows import (
+from labeler.formats.sidecar import write_sidecar
+from labeler.formats.tabular import write_csv, write_json, write_jsonl
+from labeler.records import (
     OUTCOMES,
     Alternative,
     ExportResult,
     ExportRow,
     ReviewRecord,
 )
-from labeler.formats.sidecar import write_sidecar
-from labeler.formats.tabular import write_csv, write_json, write_jsonl
 
 WRITERS = {
     "csv": write_csv,

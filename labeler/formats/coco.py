@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from labeler.atomic import atomic_outputs
 from labeler.errors import InputError
-from labeler.formats.atomic import atomic_outputs
-from labeler.formats.rows import ExportResult, ExportRow, normalise_text
 from labeler.formats.tabular import json_text
+from labeler.records import ExportResult, ExportRow, normalise_text
 
 
 def reference_text(row: ExportRow) -> str | None:

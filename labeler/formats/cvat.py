@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from labeler.formats.atomic import atomic_output
-from labeler.formats.rows import ExportResult, ExportRow
+from labeler.atomic import atomic_output
+from labeler.records import ExportResult, ExportRow
 
 LABEL = "caption"
 ATTRIBUTES = ("text", "p_accept", "confidence")

@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from labeler.atomic import atomic_output
 from labeler.errors import InputError
-from labeler.formats.atomic import atomic_output
-from labeler.formats.rows import ExportResult, ExportRow
 from labeler.formats.tabular import json_text
+from labeler.records import ExportResult, ExportRow
 
 METADATA = "metadata.jsonl"
 

@@ -53,9 +53,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from labeler.atomic import atomic_outputs
 from labeler.errors import FormatError, InputError
-from labeler.formats.atomic import atomic_outputs
-from labeler.formats.rows import (
+from labeler.formats.tabular import json_text
+from labeler.records import (
     ExportResult,
     ExportRow,
     ReviewRecord,
@@ -65,7 +66,6 @@ from labeler.formats.rows import (
     text_field,
     time_field,
 )
-from labeler.formats.tabular import json_text
 
 CONTROL = "caption"  # the TextArea's name: from_name in results, the column in flat exports
 OBJECT = "image"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 from labeler.errors import FormatError
-from labeler.formats.rows import ReviewRecord, normalise_text
+from labeler.records import ReviewRecord, normalise_text
 
 ID_COLUMNS = ("image_id", "path", "content_hash")
 

@@ -56,7 +56,8 @@ from typing import Any, TextIO
 from labeler.errors import FormatError, InputError
 from labeler.formats import labelstudio
 from labeler.formats.repeats import ID_COLUMNS, Repeats
-from labeler.formats.rows import (
+from labeler.formats.streams import first_character, json_array_items, open_text
+from labeler.records import (
     MAX_TEXT,
     ReviewRecord,
     decide_outcome,
@@ -65,7 +66,6 @@ from labeler.formats.rows import (
     text_field,
     time_field,
 )
-from labeler.formats.streams import first_character, json_array_items, open_text
 
 FORMATS = ("csv", "jsonl", "json", "label-studio", "label-studio-min", "label-studio-csv")
 ALIASES = {

@@ -23,9 +23,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from labeler.atomic import AtomicFile
 from labeler.errors import InputError
-from labeler.formats.atomic import AtomicFile
-from labeler.formats.rows import ExportResult, ExportRow, normalise_text
+from labeler.records import ExportResult, ExportRow, normalise_text
 
 EXTENSIONS = (".txt", ".caption")
 

@@ -11,7 +11,7 @@ one in the local code page and mangles every accent (pandas and the csv module s
 RFC 4180 quoting (commas, quotes and newlines inside a caption are quoted, quotes doubled);
 CRLF line ends; text that a spreadsheet would run as a formula (starting with =, +, -, @, tab
 or carriage return) prefixed with a single quote, as OWASP advises, which `labeler import` takes
-off again (labeler/formats/rows.py has the exact, reversible rule); booleans as `true`/`false`
+off again (labeler/records.py has the exact, reversible rule); booleans as `true`/`false`
 (pandas reads them as booleans); the per-token log-probabilities as a JSON array in one cell.
 Scores are written in full (repr) so that they round-trip exactly; only the per-token
 log-probabilities are rounded, to 4 decimals.
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from labeler.formats.atomic import atomic_output
-from labeler.formats.rows import (
+from labeler.atomic import atomic_output
+from labeler.records import (
     DraftChunk,
     ExportResult,
     ExportRow,

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from labeler import __version__
+from labeler.atomic import atomic_binary
 from labeler.errors import ModelError
-from labeler.formats.atomic import atomic_binary
 from labeler.model.preprocessing import Preprocessing
 from labeler.model.show_tell import ModelConfig, ShowAndTell
 from labeler.model.vocab import Vocabulary

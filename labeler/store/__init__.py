@@ -1,6 +1,6 @@
 """The store: models, engine and migrations. Store functions take an explicit session."""
 
 from labeler.store.engine import Store, resolve_url
-from labeler.store.migrate import open_store
+from labeler.store.opening import open_store
 
 __all__ = ["Store", "open_store", "resolve_url"]

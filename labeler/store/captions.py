@@ -39,7 +39,7 @@ from labeler.store.models import (
 )  # fmt: skip
 
 if TYPE_CHECKING:
-    from labeler.holders import Holder  # which imports this module
+    from labeler.caption.holders import Holder  # which imports this module
 
 CHUNK = 500
 

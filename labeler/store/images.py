@@ -219,7 +219,7 @@ def find_image(session: Session, dataset_id: int, path: str | bytes) -> Image | 
     )
 
 
-# Moving a dataset's root (labeler.relocate) ---------------------------------------------------
+# Moving a dataset's root (labeler.files.relocate) -------------------------------------------------
 
 
 class StoredFile(NamedTuple):

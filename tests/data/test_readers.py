@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from labeler.data.readers import check_image, detect_format, read_captions
 from labeler.errors import FormatError, InputError
+from labeler.training.readers import check_image, detect_format, read_captions
 
 
 def make_image(path: Path, fmt: str = "PNG") -> Path:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.data.readers import read_captions
-from labeler.data.scenes import (
+from labeler.errors import InputError
+from labeler.training.readers import read_captions
+from labeler.training.scenes import (
     COLOURS,
     HARD_KINDS,
     SHAPES,
@@ -17,7 +18,6 @@ from labeler.data.scenes import (
     mentioned_objects,
     objects_right,
 )
-from labeler.errors import InputError
 
 COUNT = 40
 

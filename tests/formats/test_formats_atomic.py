@@ -16,11 +16,12 @@ from captionkit import tiny_checkpoint
 from formats.test_formats_rows import make_row
 from typer.testing import CliRunner
 
-from labeler.caption import caption_images
+from labeler import records as rows_module
+from labeler.atomic import AtomicFile, atomic_output, atomic_outputs, remove_leftovers
+from labeler.caption.job import caption_images
 from labeler.cli import app
 from labeler.errors import InputError
-from labeler.export import export_drafts
-from labeler.formats import rows as rows_module
+from labeler.files.scan import scan
 from labeler.formats import (
     write_coco,
     write_csv,
@@ -31,11 +32,10 @@ from labeler.formats import (
     write_label_studio,
     write_sidecar,
 )
-from labeler.formats.atomic import AtomicFile, atomic_output, atomic_outputs, remove_leftovers
 from labeler.formats.labelstudio import config_path
 from labeler.model.captioner import ShowTellCaptioner
 from labeler.model.drafts import DecodeSettings
-from labeler.scan import scan
+from labeler.review.export import export_drafts
 
 
 def failing_rows(root, after: int = 3):
@@ -150,7 +150,7 @@ PARTIAL = 300_000  # bytes the child writes before it is killed
 WRITER = """
 import sys, time
 from pathlib import Path
-from labeler.formats.atomic import atomic_output
+from labeler.atomic import atomic_output
 with atomic_output(Path(sys.argv[1]), force=True) as out:
     out.write("x" * int(sys.argv[2]))
     out.flush()

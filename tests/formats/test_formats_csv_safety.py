@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from labeler.errors import FormatError, InputError
 from labeler.formats.reviews import read_reviews
-from labeler.formats.rows import MAX_TEXT
 from labeler.formats.tabular import write_csv, write_jsonl
-from labeler.importer import import_reviews
+from labeler.records import MAX_TEXT
+from labeler.review.importer import import_reviews
 from labeler.store.models import Review
 
 HEADER = "image_id,path,draft_caption,reviewed_caption,outcome\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labeler.errors import FormatError
-from labeler.formats.rows import (
+from labeler.records import (
     END_TOKEN,
     Alternative,
     DraftChunk,

@@ -20,12 +20,12 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 
 from labeler.errors import ModelError
-from labeler.features import cache_key
 from labeler.model import efficientnet_lite
 from labeler.model.checkpoint import load_checkpoint, save_checkpoint
 from labeler.model.efficientnet_lite import EfficientNetLite, packaged_weights
 from labeler.model.encoder import ImageEncoder, default_preprocessing
 from labeler.model.show_tell import ModelConfig, ShowAndTell, build_model
+from labeler.training.features import cache_key
 
 VARIANTS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 PHOTO = Path(__file__).parent.parent / "data" / "coffee_cc0.jpg"  # CC0, see tests/data/README.md
@@ -193,7 +193,7 @@ def test_taps_only_on_lite_backbones_and_within_them():
 
 
 def test_fine_tuning_counts_the_head_then_the_blocks_as_stages():
-    from labeler.features import encoder_stages
+    from labeler.training.features import encoder_stages
 
     net = EfficientNetLite("efficientnet_lite0")
     stages = encoder_stages(net)
