@@ -40,10 +40,10 @@ import io
 import os
 import shutil
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -61,6 +61,7 @@ from labeler.files import decode
 from labeler.pools import worker_pool
 from labeler.records import ExportRow
 from labeler.review import report_html
+from labeler.review.report_html import ReportResult, WrittenPage
 from labeler.review.stats import compute_stats
 from labeler.store import Store
 from labeler.store.drafts import DEFAULT_SORT, SORTS, DraftFilter, iter_drafts
@@ -79,33 +80,10 @@ class ReportProgress:
 
 
 @dataclass
-class ReportResult:
-    index: Path
-    folder: Path
-    pages: list[Path] = field(default_factory=list)
-    drafts: int = 0
-    thumbnails: int = 0
-    placeholders: Counter[str] = field(default_factory=Counter)  # by status: "missing", ...
-    elapsed_s: float = 0.0
-    removed: int = 0  # staging folders and temporary files of killed reports, removed first
-    removed_bytes: int = 0
-
-
-@dataclass
 class _Page:
     number: int
     rows: list[ExportRow]
     thumbs: list[Future[list[tuple[str, str]]]]  # one per THUMB_TASK rows, in order
-
-
-@dataclass(frozen=True)
-class WrittenPage:
-    """What the index needs of a written page; its rows are let go, so memory stays flat."""
-
-    number: int
-    drafts: int
-    first: float  # p_accept of its first and last draft
-    last: float
 
 
 def write_report(

@@ -1,6 +1,7 @@
 """The HTML of `labeler report`: page cards, navigation, the index with its SVG charts, the style.
 
-Pure functions from rows and stats to strings; report.py streams, parallelises and publishes.
+Pure functions from rows and stats to strings, and the records they are made from (ReportResult,
+WrittenPage); report.py streams, parallelises and publishes.
 Every string that comes from the store goes through `escape` here: `html.escape(quote=True)`
 after each bidirectional control character is replaced by a visible `<U+202E>`, so that a file
 name or caption cannot reorder itself on screen (a name ending "gpj.exe" behind U+202E).
@@ -10,18 +11,40 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from pathlib import Path
 from urllib.parse import quote
 
 from labeler.records import END_TOKEN, ExportRow
 from labeler.review.stats import Stats
 from labeler.store.drafts import DraftFilter
 
-if TYPE_CHECKING:
-    from labeler.review.report import ReportResult, WrittenPage
+
+@dataclass
+class ReportResult:
+    index: Path
+    folder: Path
+    pages: list[Path] = field(default_factory=list)
+    drafts: int = 0
+    thumbnails: int = 0
+    placeholders: Counter[str] = field(default_factory=Counter)  # by status: "missing", ...
+    elapsed_s: float = 0.0
+    removed: int = 0  # staging folders and temporary files of killed reports, removed first
+    removed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class WrittenPage:
+    """What the index needs of a written page; its rows are let go, so memory stays flat."""
+
+    number: int
+    drafts: int
+    first: float  # p_accept of its first and last draft
+    last: float
+
 
 # The explicit embeddings, overrides and isolates, the implicit marks and the Arabic letter mark.
 BIDI_CONTROLS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
