@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -56,7 +55,13 @@ from typing import Any, TextIO
 from labeler.errors import FormatError, InputError
 from labeler.formats import labelstudio
 from labeler.formats.repeats import ID_COLUMNS, Repeats
-from labeler.formats.streams import first_character, json_array_items, open_text
+from labeler.formats.streams import (
+    first_character,
+    json_array_items,
+    jsonl_items,
+    open_text,
+    parse_json,
+)
 from labeler.records import (
     MAX_TEXT,
     ReviewRecord,
@@ -118,7 +123,7 @@ class ReviewFile:
         if self.format in ("csv", "label-studio-csv"):
             return _csv_items(stream, self.path, self.format)
         if self.format == "jsonl":
-            return _jsonl_items(stream, self.name)
+            return jsonl_items(enumerate(stream, start=1), self.name)
         # A JSON flavour was asked for, but the file is not an array: an error, or nothing.
         return _numbered(_load_json(stream.read(), self.name), self.name)
 
@@ -200,39 +205,16 @@ def _json_flavour(first: object, name: str) -> str:
 
 
 def _load_json(text: str, name: str) -> list[Any]:
-    document = _parse_json(text, name)
+    document = parse_json(text, name)
     if not isinstance(document, list):
         kind = type(document).__name__
         raise FormatError(f"{name}: expected a JSON array of records, got {kind}")
     return document
 
 
-def _parse_json(text: str, name: str, line: int | None = None) -> Any:
-    """json.loads, its failures as FormatErrors naming the place; `line` is that of a JSONL
-    record (the parser's own line numbers then count within it)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        at = f"line {line if line is not None else exc.lineno} column {exc.colno}"
-        raise FormatError(f"{name} {at}: bad JSON: {exc.msg}") from None
-    except RecursionError:
-        where = name if line is None else f"{name} line {line}"
-        raise FormatError(f"{where}: nested too deeply to read") from None
-    except ValueError as exc:  # a number too long for Python to convert
-        where = name if line is None else f"{name} line {line}"
-        raise FormatError(f"{where}: bad JSON: {exc}") from None
-
-
 def _numbered(items: Iterable[Any], name: str) -> Iterator[tuple[str, Any]]:
     for index, item in enumerate(items, start=1):
         yield f"{name} record {index}", item
-
-
-def _jsonl_items(stream: TextIO, name: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        yield f"{name} line {number}", _parse_json(line, name, number)
 
 
 def _header(first_line: str) -> list[str]:

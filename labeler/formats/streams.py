@@ -21,7 +21,7 @@ import codecs
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -168,3 +168,29 @@ class _Text:
         newline = self.text.rfind("\n", 0, at)
         column = at - newline if newline >= 0 else self.column + at + 1
         return FormatError(f"{self.name} line {line} column {column}: bad JSON: {message}")
+
+
+def parse_json(text: str, name: str, line: int | None = None) -> Any:
+    """json.loads, its failures as FormatErrors naming the place; `line` is that of a JSONL
+    record (the parser's own line numbers then count within it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"line {line if line is not None else exc.lineno} column {exc.colno}"
+        raise FormatError(f"{name} {at}: bad JSON: {exc.msg}") from None
+    except RecursionError:
+        where = name if line is None else f"{name} line {line}"
+        raise FormatError(f"{where}: nested too deeply to read") from None
+    except ValueError as exc:  # a number too long for Python to convert
+        where = name if line is None else f"{name} line {line}"
+        raise FormatError(f"{where}: bad JSON: {exc}") from None
+
+
+def jsonl_items(lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[str, Any]]:
+    """The one JSON Lines reader (reviewed files and training data): each non-blank line's value
+    with where it is ("reviewed.jsonl line 7"), from (line number, text) pairs; a bad line is a
+    FormatError naming its line and column."""
+    for number, line in lines:
+        if not line.strip():
+            continue
+        yield f"{name} line {number}", parse_json(line, name, number)

@@ -17,7 +17,6 @@ its split lists, a CSV/JSONL with a `split` column) and "the split every image g
 from __future__ import annotations
 
 import csv
-import json
 import os
 import posixpath
 import re
@@ -30,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from labeler.errors import FormatError, InputError
+from labeler.formats.streams import jsonl_items, parse_json
 
 FORMATS = ("karpathy", "flickr8k", "coco", "csv", "jsonl")
 MAX_EXAMPLES = 5  # skipped paths kept per reason: enough to see a pattern, small for 10M images
@@ -243,12 +243,7 @@ def load_json(path: Path) -> Any:
         raise FormatError(
             f"{path.name} line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x})"
         ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FormatError(
-            f"{path.name} line {err.lineno} column {err.colno}: invalid JSON: {err.msg}"
-        ) from None
+    return parse_json(text, path.name)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -416,14 +411,7 @@ def _read_csv(path: Path, builder: CaptionSetBuilder) -> None:
 
 
 def _read_jsonl(path: Path, builder: CaptionSetBuilder) -> None:
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path.name} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise FormatError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+    for where, record in jsonl_items(_lines(path), path.name):
         if not isinstance(record, dict):
             raise FormatError(f"{where}: expected an object")
         _add_row(builder, record, _columns(list(record), where), where)

@@ -132,7 +132,7 @@ def test_malformed_karpathy_names_the_record(tmp_path, images, message):
 def test_bad_json_names_line_and_column(tmp_path):
     path = tmp_path / "dataset.json"
     path.write_text('{"images": [\n  {"filename": "a.png",,}\n]}', encoding="utf-8")
-    with pytest.raises(FormatError, match=r"dataset\.json line 2 column 24: invalid JSON"):
+    with pytest.raises(FormatError, match=r"dataset\.json line 2 column 24: bad JSON"):
         read_captions(path)
 
 
@@ -401,7 +401,7 @@ def test_jsonl_reads_one_or_several_captions_a_line(tmp_path):
     [
         (
             '{"file_name": "a.png", "caption": "x"}\n{"file_name": "a.png" "caption": "y"}\n',
-            "m.jsonl line 2: invalid JSON: Expecting ',' delimiter (column 23)",
+            "m.jsonl line 2 column 23: bad JSON: Expecting ',' delimiter",
         ),
         (
             '{"file_name": "a.png", "caption": "x"}\n\n["a.png", "y"]\n',
