@@ -4,8 +4,8 @@ Measured side by side in one run, per backbone, on generated 1600x1200 JPEGs, ra
 (nothing downloaded), vocabulary 10,000, hidden 512, beam 3, batch 32, this machine's CPU:
   (a) bare model: `captioner.caption` on already-decoded, preprocessed tensors (the ceiling),
       run both ways the cores can be used and the faster kept: one process on every thread,
-      and one process per core on one thread each, splitting the batches (engines.py says why
-      the second is faster on a CPU)
+      and one process per core on one thread each, splitting the batches
+      (labeler/caption/engines.py says why the second is faster on a CPU)
   (b) `labeler caption` end to end: store look-ups, leases, decoding with JPEG draft mode, the
       model, the writes (the scan is done before, and the start-up of the model processes,
       which load the model as (a) does before its clock, is the run's own `start_s`, left out),

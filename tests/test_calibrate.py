@@ -144,7 +144,7 @@ def test_a_refit_is_stored_and_rescores_every_draft_of_its_model_and_settings(dr
 def test_reviews_of_drafts_since_made_with_other_text_teach_nothing(drafted):
     """The caption job re-made the drafts of 20 reviewed images (the reviews lose caption_id),
     10 of them with the same text: a review counts for a draft it judged or for the same text
-    (store/exports.py), so the fit takes 40 examples, not the images' 50 newest reviews."""
+    (store/drafts.py), so the fit takes 40 examples, not the images' 50 newest reviews."""
     _review(drafted, 50)
     with drafted.write() as session:
         session.execute(

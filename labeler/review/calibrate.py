@@ -1,7 +1,7 @@
 """`labeler calibrate`: refit p_accept's calibrator on the store's reviews, and rescore.
 
 The examples are the best drafts of one model and decoding settings that have a review, judged
-as `labeler stats` judges them (the review that counts for each draft, store/exports.py
+as `labeler stats` judges them (the review that counts for each draft, store/drafts.py
 `latest_review`: the newest made on that draft or on the same text for the image, so a review of
 an earlier, different draft teaches nothing about this one; accepted unchanged is right, edited
 and rejected are wrong, skipped ones are left out), and their signals come from the

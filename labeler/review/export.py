@@ -1,12 +1,12 @@
 """`labeler export`: drafts (and their reviews) to the tools reviewers use.
 
-The store streams the selected drafts in order (store/exports.py) straight into the format's
+The store streams the selected drafts in order (store/drafts.py) straight into the format's
 writer (labeler/formats), which writes atomically: a million drafts pass through in constant
 memory and a failed export leaves no partial file behind. A large export is read in a child
 process while this one writes (labeler/review/readahead.py).
 
 An export killed midway leaves its temporary file behind (a kill -9 runs no cleanup). Each export
-first removes such leftovers of dead writers beside its own targets (formats/atomic.py tells them
+first removes such leftovers of dead writers beside its own targets (labeler/atomic.py tells them
 from a live writer's by its lock) and reports how many, and their size, in the result. Sidecars
 are left out: their targets are spread over every image folder.
 """

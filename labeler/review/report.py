@@ -16,7 +16,7 @@ no longer decodes gets a placeholder naming the reason, counted by status; the r
 
 The charts come from `compute_stats` over everything the filter selects (`limit` only shortens
 the gallery), so they show the numbers `labeler stats` shows; a card shows the review that
-counts for its draft (store/exports.py, `latest_review`), so a draft re-made with other text
+counts for its draft (store/drafts.py, `latest_review`), so a draft re-made with other text
 shows as unreviewed there and in the charts alike.
 
 Atomicity across many files: each page is written through `AtomicFile` (fsynced) into a hidden
@@ -29,7 +29,7 @@ pages for a moment; no rename spans two paths.
 
 A report killed midway (kill -9) leaves its staging folder, and one killed while publishing the
 folder it moved aside. Each holds a lock on its staging and old folders while it lives
-(formats/atomic.py), so the next report to the same place removes those of dead reports, never
+(labeler/atomic.py), so the next report to the same place removes those of dead reports, never
 those of one running now, and reports how many and their size.
 """
 

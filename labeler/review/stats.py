@@ -1,7 +1,7 @@
 """`labeler stats`: how far p_accept (and each raw signal) can be trusted, measured on reviews.
 
 Every number comes from the drafts one model and decoding settings produced (the newest run's by
-default) and the review that counts for each draft (store/exports.py, `latest_review`): the newest
+default) and the review that counts for each draft (store/drafts.py, `latest_review`): the newest
 review made on that draft, or on a draft of the image with the very same text. A review of other
 text judged another draft, so after `labeler caption` re-drafts an image with other text the new
 draft is unreviewed, whatever was said of the old one. Acceptance means "accepted unchanged";
