@@ -175,7 +175,7 @@ def test_a_root_whose_name_is_not_utf8_is_kept_as_bytes(store, tmp_path):
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("unknown dataset", "no dataset named 'nope' (see labeler datasets)"),
+        ("unknown dataset", "no dataset named nope; see `labeler datasets`"),
         ("no such folder", "{tmp}/absent: no such folder"),
         ("a file", "{tmp}/new/a.bmp: not a folder"),
         ("another dataset's root", "{tmp}/other is already the root of dataset 'other'"),
@@ -268,7 +268,7 @@ def test_the_command_reports_mismatches_and_a_dry_run_as_text(store_url, tmp_pat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope", "new"], "Error: no dataset named 'nope' (see labeler datasets)"),
+        (["nope", "new"], "Error: no dataset named nope; see `labeler datasets`"),
         (["photos", "absent"], "Error: {tmp}/absent: no such folder"),
         (["photos", "old"], "Error: {tmp}/old is already the root of dataset 'photos'"),
         (["photos", "empty"], "Error: none of the 3 images of 'photos' is in {tmp}/empty with "

@@ -522,7 +522,8 @@ def test_the_read_ahead_counts_only_the_datasets_asked_for(store, tmp_path, monk
         assert readahead.worthwhile(store, session, DraftFilter())
         assert readahead.worthwhile(store, session, DraftFilter(datasets=["bulk"]))
         assert not readahead.worthwhile(store, session, DraftFilter(datasets=["empty"]))
-        assert not readahead.worthwhile(store, session, DraftFilter(datasets=["bulk", "nowhere"]))
+        with pytest.raises(InputError, match="no dataset named nowhere"):
+            readahead.worthwhile(store, session, DraftFilter(datasets=["bulk", "nowhere"]))
     with pytest.raises(InputError, match="no dataset named nowhere"):
         export_drafts(store, "csv", tmp_path / "d.csv", spec=DraftFilter(datasets=["nowhere"]))
 

@@ -196,7 +196,7 @@ def test_reviewed_captions_in_the_store_become_training_data(store, tmp_path):
     assert {item.split for item in data.items} == {"train"}
     assert data.skipped.counts == {"missing": 1}
     assert data.items[0].image_path == tmp_path / "photos" / "img_000000.jpg"
-    with pytest.raises(InputError, match="no dataset|no reviewed"):
+    with pytest.raises(InputError, match="^no dataset named elsewhere; see `labeler datasets`$"):
         read_reviewed(store, datasets=["elsewhere"])
 
 

@@ -99,9 +99,7 @@ def move_dataset(
         what = "not a folder" if os.path.exists(root_raw) else "no such folder"
         raise InputError(f"{display(root_raw)}: {what}")
     with store.session() as session:
-        dataset = image_store.find_dataset(session, name)
-        if dataset is None:
-            raise InputError(f"no dataset named '{name}' (see labeler datasets)")
+        dataset = image_store.named_dataset(session, name)
         dataset_id, old_raw, old_root = dataset.id, bytes(dataset.root_raw), dataset.root
         _refuse_taken(session, root_raw)
         total, unchecked = image_store.count_verifiable(session, dataset_id)

@@ -42,24 +42,20 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, desc, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
-
 from labeler.errors import FormatError, InputError
 from labeler.formats.repeats import Repeats
 from labeler.formats.reviews import ReviewFile
 from labeler.records import ReviewRecord, check_text, normalise_text
 from labeler.store import Store
-from labeler.store.models import Caption, Dataset, Image, Review, utcnow
+from labeler.store import images as image_store
+from labeler.store import reviews as review_store
+from labeler.store.models import utcnow
 
-CHUNK = 2000  # values per IN list (SQLite allows 32766 parameters, PostgreSQL 65535)
 RECORDS = 2000  # records matched (and written) at a time
 WAYS = ("id", "path", "content_hash")
-REVIEWER_LENGTH: int = Review.__table__.c.reviewer.type.length  # type: ignore[attr-defined]
+REVIEWER_LENGTH = review_store.REVIEWER_LENGTH
 """The longest reviewer name the store holds (PostgreSQL enforces it). A longer one is refused,
 not cut short: two names that differ only past the limit would silently become one reviewer."""
-REVIEWS = Review.__table__
 REPLACED = ("caption_id", "draft_text", "text", "outcome", "reviewer", "reviewed_at", "source",
             "external_updated_at", "imported_at")  # fmt: skip
 
@@ -114,10 +110,12 @@ def import_reviews(
     stamp = _Stamp(path, digest, reviewer, saved_at, utcnow())
     repeats = Repeats(source.name)
     with store.session() as session:
-        _check(session, source, _scope(session, datasets), repeats)
+        scope = image_store.dataset_roots(session, datasets)
+        _check(session, source, scope, repeats)
     result = ImportResult(source=str(path))
     with store.write() as session:
-        _write(session, source, _scope(session, datasets), stamp, repeats, result)
+        scope = image_store.dataset_roots(session, datasets)
+        _write(session, source, scope, stamp, repeats, result)
         if _digest(path) != digest:
             raise InputError(f"{path} changed while it was imported; nothing was stored")
     return result
@@ -159,25 +157,14 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _scope(session: Session, datasets: Sequence[str] | None) -> dict[int, bytes]:
-    """Dataset id -> root (raw) of the datasets a path may name."""
-    query = select(Dataset.id, Dataset.name, Dataset.root_raw)
-    found = {name: (i, bytes(root)) for i, name, root in session.execute(query)}
-    if datasets:
-        unknown = [d for d in datasets if d not in found]
-        if unknown:
-            raise InputError(f"no dataset named {', '.join(unknown)}; see `labeler datasets`")
-        return {found[d][0]: found[d][1] for d in datasets}
-    return dict(found.values())
-
-
 # --- matching ---------------------------------------------------------------------------------
 
 
 class _Matcher:
-    """Records to images and drafts, a chunk at a time (the rule in the module docstring)."""
+    """Records to images and drafts, a chunk at a time (the rule in the module docstring);
+    `scope` maps the id of each dataset a path may name to its raw root."""
 
-    def __init__(self, session: Session, scope: dict[int, bytes]) -> None:
+    def __init__(self, session, scope: dict[int, bytes]) -> None:  # type: ignore[no-untyped-def]
         self.session, self.scope = session, scope
 
     def reviews(
@@ -199,22 +186,27 @@ class _Matcher:
 
     def match(self, records: list[ReviewRecord]) -> list[_Match]:
         places = [_places(r, self.scope) if r.path else [] for r in records]
-        images = self._images({r.image_id for r in records if r.image_id is not None})
-        captions = self._captions({r.caption_id for r in records if r.caption_id is not None})
+        session = self.session
+        image_ids = {r.image_id for r in records if r.image_id is not None}
+        caption_ids = {r.caption_id for r in records if r.caption_id is not None}
+        images = review_store.image_places(session, image_ids)
+        captions = review_store.draft_images(session, caption_ids)
         misfits = [
             self._misfit(record, where, images, captions)
             for record, where in zip(records, places, strict=True)
         ]
-        by_path = self._by_path(
-            {rel for where, misfit in zip(places, misfits, strict=True)
-             if misfit is not None for _, rel in where}
+        by_path = review_store.images_at(
+            session, {rel for where, misfit in zip(places, misfits, strict=True)
+                      if misfit is not None for _, rel in where}, datasets=self.scope,
         )  # fmt: skip
         found = [
             ("id", (r.image_id,)) if misfit is None else ("path", _at(r, where, by_path))
             for r, where, misfit in zip(records, places, misfits, strict=True)
         ]
         unfound = [i for i, (_, ids) in enumerate(found) if not ids]
-        by_hash = self._by_hash({h for i in unfound if (h := records[i].content_hash)})
+        by_hash = review_store.images_with_content(
+            session, {h for i in unfound if (h := records[i].content_hash)}, datasets=self.scope
+        )
         for i in unfound:
             record = records[i]
             ids = tuple(by_hash.get(record.content_hash or "", ()))
@@ -222,9 +214,9 @@ class _Matcher:
                 reasons = [misfits[i], *_tried(record)]
                 raise FormatError(f"{record.where}: {'; '.join(r for r in reasons if r)}")
             found[i] = ("content_hash", ids)
-        newest = self._newest(
-            {i for r, (way, ids) in zip(records, found, strict=True)
-             if way != "id" or r.caption_id is None for i in ids}
+        newest = review_store.newest_best_drafts(
+            session, {i for r, (way, ids) in zip(records, found, strict=True)
+                      if way != "id" or r.caption_id is None for i in ids},
         )  # fmt: skip
         return [
             _Match(way, ((ids[0], r.caption_id, captions[r.caption_id][1]),))
@@ -246,60 +238,6 @@ class _Matcher:
         if places and not any(rel == path_raw and d in (None, dataset) for d, rel in places):
             return f"image {record.image_id} is not at path {record.path!r}"
         return None
-
-    def _images(self, ids: set[int]) -> dict[int, tuple[int, bytes]]:
-        """image id -> (dataset id, path) for the given ids."""
-        query = select(Image.id, Image.dataset_id, Image.path_raw)
-        return {i: (d, bytes(p)) for i, d, p in self._each(query, Image.id, ids)}
-
-    def _captions(self, ids: set[int]) -> dict[int, tuple[int, str]]:
-        query = select(Caption.id, Caption.image_id, Caption.text)
-        return {i: (image, text) for i, image, text in self._each(query, Caption.id, ids)}
-
-    def _by_path(self, paths: set[bytes]) -> dict[bytes, list[tuple[int, int]]]:
-        """path (raw) -> [(image id, dataset id)] in the datasets in scope."""
-        query = select(Image.path_raw, Image.id, Image.dataset_id).where(
-            Image.dataset_id.in_(list(self.scope))
-        )
-        found: dict[bytes, list[tuple[int, int]]] = {}
-        for raw, image_id, dataset_id in self._each(query, Image.path_raw, paths):
-            found.setdefault(bytes(raw), []).append((image_id, dataset_id))
-        return found
-
-    def _by_hash(self, hashes: set[str]) -> dict[str, list[int]]:
-        # The scope is checked here, not in SQL, so the planner cannot pick the dataset index
-        # over the content-hash one and scan a whole dataset per chunk.
-        found: dict[str, list[int]] = {}
-        query = select(Image.content_hash, Image.id, Image.dataset_id)
-        for content_hash, image_id, dataset_id in self._each(query, Image.content_hash, hashes):
-            if dataset_id in self.scope:
-                found.setdefault(content_hash, []).append(image_id)
-        return found
-
-    def _newest(self, image_ids: set[int]) -> dict[int, tuple[int, str]]:
-        """image id -> (caption id, text) of its newest best draft."""
-        query = (
-            select(Caption.image_id, Caption.id, Caption.text)
-            .where(Caption.rank == 0)
-            .order_by(Caption.stale, desc(Caption.created_at), desc(Caption.id))
-        )
-        found: dict[int, tuple[int, str]] = {}
-        for image_id, caption_id, text in self._each(query, Caption.image_id, image_ids):
-            found.setdefault(image_id, (caption_id, text))
-        return found
-
-    def _each(self, query, column, values: set[Any]) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-        """The rows of `query` where `column` is one of `values`, CHUNK values at a time."""
-        yield from _each(self.session, query, column, values)
-
-
-def _each(session: Session, query, column, values: set[Any]) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    """The rows of `query` where `column` is one of `values`, CHUNK values at a time (one
-    expanding parameter: building a bound literal per value cost more than the query)."""
-    items = sorted(values)
-    query = query.where(column.in_(bindparam("values", expanding=True)))
-    for start in range(0, len(items), CHUNK):
-        yield from session.execute(query, {"values": items[start : start + CHUNK]})
 
 
 def _places(record: ReviewRecord, scope: dict[int, bytes]) -> list[tuple[int | None, bytes]]:
@@ -394,58 +332,39 @@ def _newer(moment: dt.datetime | None, than: dt.datetime | None) -> bool:
     return moment is not None and (than is None or _utc(moment) > _utc(than))  # type: ignore[operator]
 
 
-def _store(session: Session, rows: list[dict[str, Any]], result: ImportResult) -> None:
+def _store(session, rows: list[dict[str, Any]], result: ImportResult) -> None:  # type: ignore[no-untyped-def]
     plain = [r for r in rows if r["external_id"] is None]
-    stored = _stored(session, REVIEWS.c.fingerprint, {r["fingerprint"] for r in plain})
+    stored = review_store.reviews_by_fingerprint(session, {r["fingerprint"] for r in plain})
     new = [r for r in plain if r["fingerprint"] not in stored]
-    _insert(session, new)
+    review_store.insert_reviews(session, new)
     result.added += len(new)
     result.already += len(plain) - len(new)
     _store_named(session, [r for r in rows if r["external_id"] is not None], result)
 
 
-def _store_named(session: Session, rows: list[dict[str, Any]], result: ImportResult) -> None:
+def _store_named(session, rows: list[dict[str, Any]], result: ImportResult) -> None:  # type: ignore[no-untyped-def]
     """Reviews that name their annotation: one per name, a newer one replacing it in place."""
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
         kept = latest.get(row["external_id"])
         if kept is None or _newer(row["external_updated_at"], kept["external_updated_at"]):
             latest[row["external_id"]] = row
-    stored = _stored(session, REVIEWS.c.external_id, set(latest))
+    stored = review_store.reviews_by_external_id(session, set(latest))
     fresh = [r for name, r in latest.items() if name not in stored]
-    legacy = _stored(session, REVIEWS.c.fingerprint, {r["fingerprint"] for r in fresh},
-                     unnamed=True)  # fmt: skip
+    legacy = review_store.reviews_by_fingerprint(
+        session, {r["fingerprint"] for r in fresh}, unnamed=True
+    )
     new = [r for r in fresh if r["fingerprint"] not in legacy]
-    named = [{"rid": legacy[r["fingerprint"]][0], "external_id": r["external_id"],
-              "external_updated_at": r["external_updated_at"]}
+    named = [(legacy[r["fingerprint"]].id, {"external_id": r["external_id"],
+                                            "external_updated_at": r["external_updated_at"]})
              for r in fresh if r["fingerprint"] in legacy]  # fmt: skip
-    newer = [{"rid": stored[name][0], **{c: r[c] for c in REPLACED}}
+    newer = [(stored[name].id, {c: r[c] for c in REPLACED})
              for name, r in latest.items()
-             if name in stored and _newer(r["external_updated_at"], stored[name][1])]  # fmt: skip
-    _insert(session, new)
+             if name in stored
+             and _newer(r["external_updated_at"], stored[name].external_updated_at)]  # fmt: skip
+    review_store.insert_reviews(session, new)
     for changes in (named, newer):
-        if changes:
-            session.connection().execute(
-                REVIEWS.update().where(REVIEWS.c.id == bindparam("rid")), changes
-            )
+        review_store.update_reviews(session, changes)
     result.added += len(new)
     result.updated += len(newer)
     result.already += len(rows) - len(new) - len(newer)
-
-
-def _stored(session: Session, column, values: set[str], *, unnamed: bool = False):  # type: ignore[no-untyped-def]
-    """value -> (review id, external update time) of the stored reviews with those values in
-    `column` (`unnamed`: only reviews without an external id)."""
-    query = select(column, REVIEWS.c.id, REVIEWS.c.external_updated_at)
-    if unnamed:
-        query = query.where(REVIEWS.c.external_id.is_(None))
-    return {value: (i, t) for value, i, t in _each(session, query, column, values)}
-
-
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    connection = session.connection()
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    # Another import of the same file or annotation at once: its rows stand.
-    connection.execute(insert(REVIEWS).on_conflict_do_nothing(), rows)

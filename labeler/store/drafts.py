@@ -58,6 +58,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from labeler.errors import InputError
 from labeler.records import CHUNK_SIZE, Alternative, DraftChunk, ExportRow
+from labeler.store.images import dataset_ids
 from labeler.store.models import Caption, CaptionRun, Dataset, Image, Model, Review
 
 REVIEW_STATES = ("unreviewed", "reviewed", "accepted", "edited", "rejected", "skipped")
@@ -186,7 +187,7 @@ def latest_image_review(name: str = "latest_image_review"):  # type: ignore[no-u
     """An alias of the reviews table, and the scalar subquery picking each image's newest review
     whatever draft it judged (Image in the enclosing query). Only for what a review says about
     the image itself: the caption it kept is a human caption of the image (training data,
-    labeler/training/store_reader.py); whether a draft was accepted is `latest_review`'s."""
+    store/reviews.py's `reviewed_captions`); whether a draft was accepted is `latest_review`'s."""
     newest = (
         select(Review.id)
         .where(Review.image_id == Image.id)
@@ -230,14 +231,27 @@ def draft_query(
     return query.limit(spec.limit) if spec.limit is not None else query
 
 
+def count_best_drafts(
+    session: Session, chosen: Selection, *, datasets: Sequence[str] | None = None
+) -> int:
+    """How many best drafts the model and settings hold (on the drafts index), in these datasets
+    (every one when None), whatever the other filters; InputError for an unknown dataset."""
+    query = (
+        select(func.count())
+        .select_from(Caption)
+        .where(Caption.model_id == chosen.model_id, Caption.settings_key == chosen.settings_key)
+        .where(Caption.rank == 0)
+    )
+    if datasets:
+        ids = list(dataset_ids(session, datasets).values())
+        query = query.join(Image, Image.id == Caption.image_id).where(Image.dataset_id.in_(ids))
+    return session.scalar(query) or 0
+
+
 def _conditions(session: Session, spec: DraftFilter, review) -> list:  # type: ignore[no-untyped-def, type-arg]
     conditions = []
     if spec.datasets:
-        known = dict(session.execute(select(Dataset.name, Dataset.id)).all())
-        unknown = [d for d in spec.datasets if d not in known]
-        if unknown:
-            raise InputError(f"no dataset named {', '.join(unknown)}; see `labeler datasets`")
-        conditions.append(Image.dataset_id.in_([known[d] for d in spec.datasets]))
+        conditions.append(Image.dataset_id.in_(list(dataset_ids(session, spec.datasets).values())))
     if not spec.include_stale:
         conditions.append(Caption.stale.is_(False))
     if spec.min_confidence is not None:

@@ -1,4 +1,5 @@
-"""Store functions for datasets and images: look-ups by raw path, upserts from probes, counts.
+"""Store functions for datasets and images: the one dataset look-up, look-ups by raw path,
+upserts from probes, counts.
 
 Each function takes an explicit session and leaves the transaction to its caller. Writes from a
 scan are upserts keyed on (dataset, raw path), so two scans racing on one folder cannot fail on
@@ -17,6 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from labeler.errors import InputError
 from labeler.store.models import Caption, Dataset, Image
 
 # Columns a probe fills in; everything else about an image row is bookkeeping.
@@ -40,6 +42,44 @@ class KnownImage(NamedTuple):
 
 def find_dataset(session: Session, name: str) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.name == name))
+
+
+# Every dataset name a user gives (--dataset, `datasets move NAME`) is resolved here, so every
+# command refuses an unknown one with the same line.
+
+
+def named_dataset(session: Session, name: str) -> Dataset:
+    """The dataset of this name; InputError when there is none."""
+    dataset = find_dataset(session, name)
+    if dataset is None:
+        raise _unknown([name])
+    return dataset
+
+
+def dataset_ids(session: Session, names: Sequence[str]) -> dict[str, int]:
+    """Name -> id of these datasets, in the order given; InputError naming every unknown one."""
+    return {name: dataset_id for name, (dataset_id, _) in _named(session, names).items()}
+
+
+def dataset_roots(session: Session, names: Sequence[str] | None = None) -> dict[int, bytes]:
+    """Dataset id -> raw root of these datasets (every dataset when no names are given);
+    InputError naming every unknown one."""
+    if names:
+        return dict(_named(session, names).values())
+    return {i: bytes(root) for i, root in session.execute(select(Dataset.id, Dataset.root_raw))}
+
+
+def _named(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+    query = select(Dataset.name, Dataset.id, Dataset.root_raw).where(Dataset.name.in_(set(names)))
+    found = {name: (i, bytes(root)) for name, i, root in session.execute(query)}
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise _unknown(unknown)
+    return {name: found[name] for name in names}
+
+
+def _unknown(names: Sequence[str]) -> InputError:
+    return InputError(f"no dataset named {', '.join(names)}; see `labeler datasets`")
 
 
 def ensure_dataset(session: Session, name: str, root: str, root_raw: bytes) -> Dataset:

@@ -2,7 +2,7 @@
 
 Each image contributes the caption of its newest review (by review time, else import time, then id:
 NEWEST_REVIEW_FIRST, as everywhere), when that review accepted or edited a draft. How the rule that
-binds a review to the draft it judged (store/exports.py, `latest_review`) applies here: the caption
+binds a review to the draft it judged (store/drafts.py, `latest_review`) applies here: the caption
 a review kept is a human caption of the image whatever the image's drafts are now, so training takes
 the review's own text and never the current draft's. That is the reviewer's text for an edit (none:
 no caption), and for an acceptance the text of the draft it accepted: the review's own text, or
@@ -19,13 +19,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import aliased
-
 from labeler.errors import InputError
 from labeler.store import Store
-from labeler.store.drafts import latest_image_review
-from labeler.store.models import Caption, Dataset, Image
+from labeler.store.reviews import reviewed_captions
 from labeler.training.readers import CaptionSet, CaptionSetBuilder
 
 KEPT = ("accepted", "edited")
@@ -35,23 +31,11 @@ def read_reviewed(
     store: Store, *, datasets: Sequence[str] | None = None, split: str = "train"
 ) -> CaptionSet:
     """One CaptionedImage per image whose newest review kept a caption; every image gets
-    `split`. Keys are "<dataset>/<path>", so images of several datasets never collide."""
-    review, newest = latest_image_review("newest_review")
-    judged = aliased(Caption, name="judged")  # the draft the review was made on, if it exists
-    accepted = func.coalesce(review.text, review.draft_text, judged.text)
-    query = (
-        select(Dataset.name, Dataset.root_raw, Image.path, Image.path_raw, review.outcome,
-               case((review.outcome == "accepted", accepted), else_=review.text))
-        .join(Image, Image.dataset_id == Dataset.id)
-        .join(review, review.id == newest)
-        .outerjoin(judged, judged.id == review.caption_id)
-        .order_by(Dataset.name, Image.path)
-    )  # fmt: skip
-    if datasets:
-        query = query.where(Dataset.name.in_(list(datasets)))
+    `split`. Keys are "<dataset>/<path>", so images of several datasets never collide. An
+    unknown dataset is an InputError naming it."""
     builder = CaptionSetBuilder(Path("/"), keep_split=None, source=Path(store.url), fmt="store")
     with store.session() as session:
-        rows = session.execute(query).all()
+        rows = reviewed_captions(session, datasets=datasets)
     for name, root, path, path_raw, outcome, text in rows:
         if outcome not in KEPT:
             continue
@@ -59,7 +43,7 @@ def read_reviewed(
         if not (text or "").strip():
             builder.skipped.add("no captions", where)
             continue
-        absolute = os.fsdecode(os.path.join(bytes(root), bytes(path_raw)))
+        absolute = os.fsdecode(os.path.join(root, path_raw))
         extra = {"dataset": name, "path": path}
         builder.add(absolute, [" ".join(text.split())], split, where, extra)
     result = builder.finish()
