@@ -98,17 +98,14 @@ class LabelerStore:
         (beam_size, max_len, min_len, length_penalty, n_best, block_repeat_ngram, block_unk)
         default to the checkpoint's; the others are caption_images' (datasets, batch_size,
         procs, workers, limit, recaption, lease_s, progress)."""
+        from labeler.caption.engines import open_model
         from labeler.caption.job import caption_images
-        from labeler.model.captioner import ShowTellCaptioner
         from labeler.model.drafts import DecodeSettings
 
         decoding = {k: options.pop(k) for k in list(options) if k in _DECODING}
-        path = Path(model)
-        captioner = ShowTellCaptioner.from_checkpoint(path, device=device)
+        captioner = open_model(model, device=device, procs=options.get("procs"))
         settings = (captioner.decoding or DecodeSettings()).overridden(**decoding)
-        return caption_images(
-            self.store, captioner, settings=settings, model_source=str(path.resolve()), **options
-        )
+        return caption_images(self.store, captioner, settings=settings, **options)
 
     # -- review ------------------------------------------------------------------------------
 

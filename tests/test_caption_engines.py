@@ -16,9 +16,9 @@ from labeler.caption import engines
 from labeler.caption.job import caption_images
 from labeler.errors import InputError, ModelError
 from labeler.files.scan import scan
-from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.captioner import ShowTellCaptioner, ShowTellFile
 from labeler.model.drafts import DecodeSettings
-from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image
+from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image, Model
 
 SETTINGS = DecodeSettings(beam_size=3, max_len=8, n_best=2)
 IMAGES = 9
@@ -177,6 +177,69 @@ def test_the_engine_follows_procs_the_cores_and_the_captioner(captioner, model):
     assert isinstance(engines.engine_for(plug_in, SETTINGS, procs=None, workers=0),
                       engines.LocalEngine)  # fmt: skip
     with pytest.raises(InputError, match="on a CPU only"):
-        engines.engine_for(plug_in, SETTINGS, procs=2, workers=0)
+        engines.check_procs(plug_in, 2)
     with pytest.raises(InputError, match="0 or more"):
-        engines.engine_for(captioner, SETTINGS, procs=-1, workers=0)
+        engines.check_procs(captioner, -1)
+
+
+def test_procs_are_checked_once_before_the_run_begins(store, photos, model, monkeypatch):
+    calls = []
+    check = engines.check_procs
+    monkeypatch.setattr(engines, "check_procs", lambda *args: calls.append(args) or check(*args))
+    _run(store, engines.open_model(model, device="cpu", procs=0), procs=0, workers=0)
+    assert len(calls) == 1
+    with pytest.raises(InputError, match="0 or more"):
+        _run(store, engines.open_model(model, device="cpu", procs=-1), procs=-1)
+    assert _count(store, CaptionRun) == 1  # the refused one never began
+
+
+def test_the_model_is_built_here_only_where_it_runs_here(model, monkeypatch):
+    built = ShowTellCaptioner.from_checkpoint(model, device="cpu")
+    here = engines.open_model(model, device="cpu", procs=0)
+    assert isinstance(here, ShowTellCaptioner)
+    elsewhere = engines.open_model(model, device="cpu", procs=2)
+    assert isinstance(elsewhere, ShowTellFile) and engines.portable(elsewhere)
+    for member in ("identity", "name", "source", "preprocessing", "input_size", "decoding",
+                   "calibrator", "device", "channels_last"):  # fmt: skip
+        assert getattr(elsewhere, member) == getattr(built, member), member
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert isinstance(engines.open_model(model, device="cpu"), ShowTellFile)  # auto decides later
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert isinstance(engines.open_model(model, device="cpu"), ShowTellCaptioner)  # one core
+
+
+def test_with_model_processes_this_process_never_builds_the_model(store, photos, model,
+                                                                 monkeypatch):  # fmt: skip
+    read = engines.open_model(model, device="cpu", procs=2)
+
+    def never(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model was built in the parent")
+
+    monkeypatch.setattr(ShowTellCaptioner, "__init__", never)  # the model processes' is theirs
+    result = _run(store, read, procs=2)
+    assert result.images == IMAGES and result.timings["engine"] == "processes"
+    with store.session() as session:
+        assert session.scalar(select(Model.source)) == str(model.resolve())  # recorded once
+
+
+def test_a_run_too_small_for_processes_builds_the_model_here_as_it_starts(
+    store, photos, model, captioner, monkeypatch
+):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    read = engines.open_model(model, device="cpu")
+    assert isinstance(read, ShowTellFile)
+    result = _run(store, read, workers=0)  # 9 images: auto picks the model here
+    assert result.timings["engine"] == "local" and result.timings["start_s"] > 0
+    from_file = _drafts(store)
+    _run(store, captioner, procs=0, workers=0, recaption=True)
+    assert _drafts(store) == from_file
+
+
+def test_a_model_file_replaced_after_reading_fails_the_run_where_it_is_built(store, photos, model):
+    read = engines.open_model(model, device="cpu", procs=2)
+    tiny_checkpoint(model, seed=1)
+    with pytest.raises(ModelError, match="changed while the run was captioning"):
+        _run(store, read, procs=0, workers=0)
+    with store.session() as session:
+        run = session.scalars(select(CaptionRun)).one()
+    assert run.status == "failed" and _count(store, Caption) == 0

@@ -20,10 +20,15 @@ images/s this way against 20.1-22.0 with the model in the main process and a loa
 Each process decoding inline costs what the decoding costs and nothing more, and the parent
 only leases and writes.
 
-Each process loads the checkpoint itself from the file the parent loaded and checks its hash
-against the one the run is recorded under: a file replaced since the run began is an error, not
-another model's drafts under this one's name. On a GPU the model stays in this process, where
-loader processes overlap with it by construction.
+The parent needs the model only where it runs it. `open_model` picks that before reading the
+checkpoint: where the model certainly runs here (`--procs 0`, a GPU, one core) it builds it at
+once; otherwise it only reads the file's identity and metadata (a `ShowTellFile`: the file is
+hashed and mapped, its weights never read), and the local engine builds the model when it
+starts, should the run turn out to be too small for model processes. Each model process loads
+the checkpoint itself from that one path and checks its hash against the one the run is
+recorded under: a file replaced since the run began is an error, not another model's drafts
+under this one's name. On a GPU the model stays in this process, where loader processes overlap
+with it by construction.
 """
 
 from __future__ import annotations
@@ -91,11 +96,11 @@ def run_model(captioner, decoded: list[loader.Decoded], settings) -> Outcome:  #
 
 def portable(captioner) -> bool:  # type: ignore[no-untyped-def]
     """Whether another process can load this captioner itself: Show and Tell on a CPU, from its
-    checkpoint file."""
-    from labeler.model.captioner import ShowTellCaptioner
+    checkpoint file (built here or only read)."""
+    from labeler.model.captioner import ShowTellCaptioner, ShowTellFile
 
     return (
-        type(captioner) is ShowTellCaptioner
+        type(captioner) in (ShowTellCaptioner, ShowTellFile)
         and captioner.device.type == "cpu"
         and captioner.source is not None
     )
@@ -140,7 +145,8 @@ class _LocalJob:
 
 
 class LocalEngine:
-    """The model in this process; loader processes decode the next batch while it runs."""
+    """The model in this process; loader processes decode the next batch while it runs. Given a
+    checkpoint only read (a ShowTellFile), it builds the model as it starts (`start_s`)."""
 
     depth = 2  # batches in hand: one in the model, the next decoding
     models = 1
@@ -150,9 +156,15 @@ class LocalEngine:
         self.captioner = captioner
         self.settings = settings
         self.loader = loader.Loader(captioner, workers=workers, max_pixels=max_pixels)
-        self.describe = {"engine": "local", "loader_workers": self.loader.workers}
+        self.describe: dict[str, Any] = {"engine": "local", "loader_workers": self.loader.workers}
 
     def __enter__(self) -> LocalEngine:
+        from labeler.model.captioner import ShowTellFile
+
+        if isinstance(self.captioner, ShowTellFile):
+            started = time.perf_counter()
+            self.captioner = self.captioner.load()
+            self.describe["start_s"] = round(time.perf_counter() - started, 3)
         self.loader.__enter__()
         return self
 
@@ -205,17 +217,12 @@ def _captioner(spec: _Spec):  # type: ignore[no-untyped-def]
     if captioner is None:
         import torch
 
-        from labeler.model.captioner import ShowTellCaptioner
+        from labeler.model.captioner import load_exactly
 
         torch.set_num_threads(spec.threads)
-        captioner = ShowTellCaptioner.from_checkpoint(
-            spec.path, device="cpu", channels_last=spec.channels_last
+        captioner = load_exactly(
+            spec.path, spec.identity, device="cpu", channels_last=spec.channels_last
         )
-        if captioner.identity != spec.identity:
-            raise ModelError(
-                f"{spec.path} changed while the run was captioning with it (its content hash is "
-                f"no longer {spec.identity[:12]}); run the command again"
-            )
         _loaded.clear()
         _loaded[spec] = captioner
     return captioner
@@ -253,7 +260,7 @@ class ProcessEngine:
     def __init__(self, captioner, settings, *, procs: int, threads: int | None = None,
                  max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
         if procs < 1 or not portable(captioner):
-            raise ValueError("model processes need Show and Tell on a CPU, loaded from a file")
+            raise ValueError("model processes need Show and Tell on a CPU, read from a file")
         threads = max(1, core_budget() // procs) if threads is None else threads
         self.spec = _Spec(str(Path(captioner.source).resolve()), captioner.identity, threads,
                           bool(captioner.channels_last), max_pixels)  # fmt: skip
@@ -319,7 +326,8 @@ class ProcessEngine:
 
 
 def check_procs(captioner, procs: int | None) -> None:  # type: ignore[no-untyped-def]
-    """InputError for a `--procs` this captioner cannot have."""
+    """InputError for a `--procs` this captioner cannot have (the caption job asks once, before
+    its run begins; engine_for takes what passed)."""
     from labeler.errors import InputError
 
     if procs is not None and procs < 0:
@@ -329,12 +337,26 @@ def check_procs(captioner, procs: int | None) -> None:  # type: ignore[no-untype
                          "use --procs 0 (the default there)")  # fmt: skip
 
 
+def open_model(path: str | os.PathLike[str], *, device: str = "auto", procs: int | None = None):  # type: ignore[no-untyped-def]
+    """The checkpoint at `path` as the caption job will use it with `procs` (as caption_images
+    takes it): the captioner built here when the model certainly runs in this process (procs 0,
+    a GPU, one core), else a ShowTellFile, only read (model processes build their own copies;
+    the local engine builds it should the run be too small for them)."""
+    from labeler.model.captioner import ShowTellCaptioner, ShowTellFile, pick_device
+
+    chosen = pick_device(device)
+    here = procs == 0 or (procs is None and (chosen.type != "cpu" or core_budget() < 2))
+    if here:
+        return ShowTellCaptioner.from_checkpoint(path, device=chosen)
+    return ShowTellFile.read(path, device=chosen)
+
+
 def engine_for(captioner, settings, *, procs: int | None, workers: int | None,
                pending: int | None = None,
                max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> LocalEngine | ProcessEngine:  # type: ignore[no-untyped-def]  # fmt: skip
-    """The engine `procs` asks for: None decides (auto_procs, given the images `pending`), 0 is
-    the model in this process with `workers` loader processes, N >= 1 is N model processes."""
-    check_procs(captioner, procs)
+    """The engine `procs` (checked by check_procs) asks for: None decides (auto_procs, given the
+    images `pending`), 0 is the model in this process with `workers` loader processes, N >= 1
+    is N model processes."""
     chosen = auto_procs(captioner, pending) if procs is None else procs
     if chosen == 0:
         return LocalEngine(captioner, settings, workers=workers, max_pixels=max_pixels)

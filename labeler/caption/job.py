@@ -3,9 +3,11 @@
 The loop, per batch: claim up to `batch_size` contents (store/captions.py explains the claims),
 hand them to the engine (engines.py: the model here with loader processes decoding, or on a CPU
 several model processes that decode their own batches), then write the drafts and drop the
-claims in one transaction. The engine always has the next batches in hand (claimed, decoding or
-waiting for a free model process) while it works on the current one, so the model, not the
-loader or the store, sets the pace. Nothing is ever half-written: a run killed at any moment
+claims in one transaction. The model is built in this process only when it runs here: given a
+checkpoint only read (engines.open_model), the run records its identity and the engine builds
+it, here or in each model process. The engine always has the next batches in hand (claimed,
+decoding or waiting for a free model process) while it works on the current one, so the model,
+not the loader or the store, sets the pace. Nothing is ever half-written: a run killed at any moment
 leaves the batches it committed. Each draft is written with its p_accept, scored here at write
 time, a batch with one prediction, by the calibrator current in that write's transaction
 (store/calibrators.py): a `labeler calibrate` during the run rescores what was written and scores
@@ -36,13 +38,15 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from labeler.caption import engines, holders
 from labeler.errors import InputError
 from labeler.model.drafts import DecodeSettings
-from labeler.store import Store, calibrators
+from labeler.store import Store, calibrators, locks
 from labeler.store import captions as caption_store
+from labeler.store import images as image_store
 from labeler.store.models import utcnow
 
 POLL_S = 1.0  # how often a worker with nothing to claim looks again while others hold claims
@@ -250,10 +254,11 @@ class _Run:
         started = time.perf_counter()
         pairs = zip(batch.work, outcome.decoded, strict=True)
         failures = [f for w, d in pairs for f in d.failures(w)]
+        rows = [(w, _columns(drafts)) for w, drafts in results]
         with self.store.write() as session:
             now = utcnow()
             best = caption_store.save_drafts(
-                session, **self._ids(), run_id=self.result.run_id, results=results, now=now,
+                session, **self._ids(), run_id=self.result.run_id, results=rows, now=now,
                 scoring=self._scoring(session),
             )  # fmt: skip
             caption_store.fail_images(session, failures, now)
@@ -294,9 +299,20 @@ class _Run:
             self.result.failed[f"{status}: {reason}"] += 1
 
 
+def _columns(drafts) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]  # ImageDrafts
+    """A content's drafts, best first, as the store's draft columns (DRAFT_COLUMNS)."""
+    return [
+        {"text": d.text, "log_likelihood": d.log_likelihood, "num_tokens": d.num_tokens,
+         "confidence": d.confidence, "score": d.score, "token_logprobs": d.token_logprobs,
+         "margin": drafts.margin, "finished": d.finished, "repeated_ngram": d.repeated_ngram,
+         "has_unknown": d.has_unknown}
+        for d in drafts.drafts
+    ]  # fmt: skip
+
+
 def caption_images(
     store: Store,
-    captioner,  # type: ignore[no-untyped-def]  # labeler.model.captioner.Captioner
+    captioner,  # type: ignore[no-untyped-def]  # a Captioner, or a ShowTellFile (engines.open_model)
     *,
     settings: DecodeSettings,
     datasets: Sequence[str] | None = None,
@@ -313,10 +329,13 @@ def caption_images(
     """Caption every readable image in scope that has no fresh draft from this model and
     settings; safe to run in several processes on one store.
 
-    `procs`: model processes (engines.py); None decides (one per core on a CPU for a run of
-    500 images or more, else none), 0 runs the model here with `workers` loader processes (0:
-    decoding inline too). `lease_s`: how long this worker's claims outlive it where nobody can
-    see that it died (the module docstring)."""
+    `captioner`: a captioner already built, or a checkpoint only read (from engines.open_model,
+    which picks between the two from `procs` and the device: the model is built in this
+    process only when it runs here). `procs`: model processes (engines.py); None decides (one
+    per core on a CPU for a run of 500 images or more, else none), 0 runs the model here with
+    `workers` loader processes (0: decoding inline too). `lease_s`: how long this worker's
+    claims outlive it where nobody can see that it died (the module docstring).
+    `model_source`: the file recorded with the model, when not the captioner's own `source`."""
     if batch_size < 1:
         raise InputError("batch size must be at least 1")
     if limit is not None and limit < 1:
@@ -325,7 +344,7 @@ def caption_images(
         raise InputError("the lease must be at least 1 second")
     engines.check_procs(captioner, procs)
     started = time.perf_counter()
-    with contextlib.closing(holders.RunSession(store.engine)) as lock:  # PostgreSQL: its lock
+    with contextlib.closing(locks.RunSession(store.engine)) as lock:  # PostgreSQL: its lock
         scope, model_id, run = _begin(store, captioner, settings, datasets, recaption,
                                       model_source, lock)  # fmt: skip
         result = CaptionResult(run_id=run, model=captioner.name, settings_key=settings.key())
@@ -408,15 +427,13 @@ def _aware(moment: dt.datetime) -> dt.datetime:
 def _begin(store, captioner, settings, datasets, recaption, source, lock):  # type: ignore[no-untyped-def]
     """Register the model and start the run, after marking runs found dead `abandoned`; the
     run's lock (PostgreSQL) is taken before its row commits, so nobody sees it unlocked."""
+    if source is None and getattr(captioner, "source", None) is not None:
+        source = str(Path(captioner.source).resolve())
     with store.write() as session:
         holders.abandon_dead_runs(session, utcnow())
         scope = None
         if datasets:
-            found = caption_store.dataset_ids(session, datasets)
-            unknown = [d for d in datasets if d not in found]
-            if unknown:
-                raise InputError(f"no dataset named {', '.join(unknown)}; see `labeler datasets`")
-            scope = sorted(found.values())
+            scope = sorted(image_store.dataset_ids(session, datasets).values())
         model_id = caption_store.register_model(
             session, content_hash=captioner.identity, name=captioner.name,
             family=getattr(captioner, "family", "show-tell"), source=source,

@@ -81,12 +81,12 @@ def caption_cli(
     Decoding options not given take the model's own defaults (saved in the checkpoint by labeler
     train).
     """
+    from labeler.caption.engines import open_model
     from labeler.caption.job import caption_images
-    from labeler.model.captioner import ShowTellCaptioner
     from labeler.model.drafts import DecodeSettings
 
     store = open_store_for(db)
-    captioner = ShowTellCaptioner.from_checkpoint(model, device=device)
+    captioner = open_model(model, device=device, procs=procs)  # built only if it runs here
     settings = (captioner.decoding or DecodeSettings()).overridden(
         **decoding_overrides(
             beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
@@ -97,8 +97,7 @@ def caption_cli(
         result = caption_images(
             store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
             workers=workers, procs=procs, limit=limit, recaption=recaption, lease_s=lease,
-            model_source=str(model.resolve()), should_stop=stop.requested,
-            progress=_Progress(report),
+            should_stop=stop.requested, progress=_Progress(report),
         )  # fmt: skip
     if json_output:
         print_json(_caption_json(result))

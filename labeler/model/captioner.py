@@ -3,7 +3,9 @@
 A captioner is anything with an identity, a name, a `preprocess` for one decoded image and a
 `caption` for a batch of preprocessed images that returns n-best drafts with their confidence
 fields. The caption job depends only on `Captioner`, so another model family plugs in by
-implementing these four members.
+implementing these four members. `ShowTellFile` is a Show and Tell checkpoint read but not built
+(checkpoint.py's `read_checkpoint_info`): the members the caption job's main process needs when
+model processes run the model (caption/engines.py), and `load` to build it where it runs.
 
 `preprocess` returns uint8 pixels and `caption` normalises them on the model's device (see
 preprocessing.py). On CUDA the encoder runs under autocast (bfloat16 where supported, else float16)
@@ -21,6 +23,7 @@ once, which is where batching pays on a CPU.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +33,12 @@ from PIL import Image
 from labeler.calibration import Calibrator
 from labeler.errors import ModelError
 from labeler.model.beam import Hypothesis, beam_search
-from labeler.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from labeler.model.checkpoint import (
+    CheckpointInfo,
+    LoadedCheckpoint,
+    load_checkpoint,
+    read_checkpoint_info,
+)
 from labeler.model.drafts import DecodeSettings, Draft, ImageDrafts
 from labeler.model.preprocessing import Preprocessing
 
@@ -42,6 +50,7 @@ __all__ = [
     "Draft",
     "ImageDrafts",
     "ShowTellCaptioner",
+    "ShowTellFile",
     "pick_device",
 ]
 
@@ -93,29 +102,23 @@ class ShowTellCaptioner:
         channels_last: bool | None = None,  # None: on CUDA only
         autocast: bool | None = None,  # None: on CUDA only; encoder only
     ) -> None:
-        if len(loaded.vocab) <= 4:
-            raise ModelError(f"{loaded.path} has an empty vocabulary")
-        self.device = pick_device(device)
-        on_cuda = self.device.type == "cuda"
-        self.channels_last = on_cuda if channels_last is None else channels_last
-        self.autocast = on_cuda if autocast is None else autocast
+        described = ShowTellFile.of(loaded, device=device, channels_last=channels_last)
+        self.device = described.device
+        self.channels_last = described.channels_last
+        self.autocast = self.device.type == "cuda" if autocast is None else autocast
         self.model = loaded.model.to(self.device).eval()
         if self.channels_last:
             self.model.encoder.to(memory_format=torch.channels_last)
         self.vocab = loaded.vocab
-        self.preprocessing = loaded.preprocessing
-        self.identity = loaded.content_hash
-        self.source: Path | None = loaded.path  # where another process can load it from
-        self.name = f"show-tell-{loaded.content_hash[:6]}"
-        self.input_size = (loaded.preprocessing.crop, loaded.preprocessing.crop)
+        self.preprocessing = described.preprocessing
+        self.identity = described.identity
+        self.source: Path | None = described.source  # where another process can load it from
+        self.name = described.name
+        self.input_size = described.input_size
         # Optional members a plug-in captioner may lack (read them with getattr): the decoding
         # settings the model was validated with, and its calibrator (p_accept from signals).
-        self.decoding: DecodeSettings | None = (
-            DecodeSettings(**loaded.decoding) if loaded.decoding else None
-        )
-        self.calibrator: Calibrator | None = (
-            Calibrator.from_dict(loaded.calibrator) if loaded.calibrator else None
-        )
+        self.decoding: DecodeSettings | None = described.decoding
+        self.calibrator: Calibrator | None = described.calibrator
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "auto", **kwargs):
@@ -189,3 +192,67 @@ class ShowTellCaptioner:
             unk_id=self.vocab.unk_id,
             text=self.vocab.detokenize(words),
         )
+
+
+@dataclass(frozen=True)
+class ShowTellFile:
+    """A Show and Tell checkpoint read but not built: the members of ShowTellCaptioner that a
+    process which records the run but leaves the model to other processes needs (identity,
+    name, preprocessing, decoding defaults, calibrator), from `read_checkpoint_info`, and the
+    file to build it from (`load`)."""
+
+    source: Path
+    identity: str
+    name: str
+    preprocessing: Preprocessing
+    input_size: tuple[int, int]
+    decoding: DecodeSettings | None
+    calibrator: Calibrator | None
+    device: torch.device
+    channels_last: bool
+
+    @classmethod
+    def read(
+        cls, path: str | Path, *, device: str | torch.device = "auto",
+        channels_last: bool | None = None,
+    ) -> ShowTellFile:  # fmt: skip
+        return cls.of(read_checkpoint_info(path), device=device, channels_last=channels_last)
+
+    @classmethod
+    def of(
+        cls, info: CheckpointInfo, *, device: str | torch.device = "auto",
+        channels_last: bool | None = None,  # None: on CUDA only
+    ) -> ShowTellFile:  # fmt: skip
+        if len(info.vocab) <= 4:
+            raise ModelError(f"{info.path} has an empty vocabulary")
+        chosen = pick_device(device)
+        crop = info.preprocessing.crop
+        return cls(
+            source=info.path, identity=info.content_hash,
+            name=f"show-tell-{info.content_hash[:6]}", preprocessing=info.preprocessing,
+            input_size=(crop, crop),
+            decoding=DecodeSettings(**info.decoding) if info.decoding else None,
+            calibrator=Calibrator.from_dict(info.calibrator) if info.calibrator else None,
+            device=chosen,
+            channels_last=chosen.type == "cuda" if channels_last is None else channels_last,
+        )  # fmt: skip
+
+    def load(self) -> ShowTellCaptioner:
+        """The captioner, built from the file, which must still be the one that was read."""
+        return load_exactly(self.source, self.identity, device=self.device,
+                            channels_last=self.channels_last)  # fmt: skip
+
+
+def load_exactly(
+    path: str | Path, identity: str, *, device: str | torch.device = "auto",
+    channels_last: bool | None = None,
+) -> ShowTellCaptioner:  # fmt: skip
+    """The captioner in `path`, provided its content hash is still `identity`: a file replaced
+    since a run began is an error, not another model's drafts under this one's name."""
+    captioner = ShowTellCaptioner.from_checkpoint(path, device=device, channels_last=channels_last)
+    if captioner.identity != identity:
+        raise ModelError(
+            f"{path} changed while the run was captioning with it (its content hash is no "
+            f"longer {identity[:12]}); run the command again"
+        )
+    return captioner

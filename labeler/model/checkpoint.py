@@ -19,6 +19,13 @@ the same model saved under two names would get two identities.
 
 Saving is atomic (a temporary file in the same folder, fsynced, then `os.replace`), so a killed
 run leaves either the old checkpoint or the new one, never half of one.
+
+`read_checkpoint_info` reads and checks everything but the weights, which `torch.load(mmap=True)`
+maps from the file without reading them, and builds no network: what a process needs that
+records which model runs (its hash, settings, calibrator, preprocessing) while other processes
+run it. It costs what loading costs but the weights: the hash and the archive check read the
+file through (none of it stays resident) and torch is imported. Loading the dict without mmap
+would hold a copy of the weights; building the model, which takes them over, no further copy.
 """
 
 from __future__ import annotations
@@ -43,8 +50,9 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 @dataclass
-class LoadedCheckpoint:
-    model: ShowAndTell  # in eval mode, on map_location
+class CheckpointInfo:
+    """What a checkpoint says about its model, without the network (`read_checkpoint_info`)."""
+
     vocab: Vocabulary
     config: ModelConfig
     preprocessing: Preprocessing
@@ -56,6 +64,11 @@ class LoadedCheckpoint:
     format_version: int
     content_hash: str  # sha256 hex of the file's bytes: the model's identity
     path: Path
+
+
+@dataclass
+class LoadedCheckpoint(CheckpointInfo):
+    model: ShowAndTell  # in eval mode, on map_location
 
 
 def save_checkpoint(
@@ -102,13 +115,31 @@ def atomic_torch_save(payload: dict, path: Path) -> str:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Read and check a checkpoint; any unreadable or foreign file raises ModelError."""
-    path = Path(path)
+    info, state_dict = _read(Path(path), map_location=map_location, mmap=False)
+    model = _build(info.config, state_dict, info.path)
+    model.to(map_location)
+    return LoadedCheckpoint(**vars(info), model=model.eval())
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """A checkpoint's identity and metadata, checked as `load_checkpoint` checks them, without
+    its weights in memory: they are mapped from the file, never read, and the network is never
+    built (a process that only records which model runs elsewhere needs no copy of it). The
+    weights' match with the config is checked only when the model is loaded."""
+    info, _weights = _read(Path(path), map_location="cpu", mmap=True)
+    return info
+
+
+def _read(
+    path: Path, *, map_location: str | torch.device, mmap: bool
+) -> tuple[CheckpointInfo, dict]:
+    """The file's metadata and its state dict (mapped, not read, with `mmap`)."""
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
     digest = file_sha256(path)
     _check_archive(path)
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise ModelError(f"{path} is not a readable checkpoint: {_first_line(exc)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -130,10 +161,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ModelError(f"{path} is incomplete: {_first_line(exc)}") from None
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    model = _build(config, vocab, state_dict, path)
-    model.to(map_location)
-    return LoadedCheckpoint(
-        model=model.eval(),
+    if len(vocab) != config.vocab_size:
+        raise ModelError(
+            f"{path} is inconsistent: {len(vocab)} words, config says {config.vocab_size}"
+        )
+    info = CheckpointInfo(
         vocab=vocab,
         config=config,
         preprocessing=config.preprocessing,
@@ -144,6 +176,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         content_hash=digest,
         path=path,
     )
+    return info, state_dict
 
 
 def _check_archive(path: Path) -> None:
@@ -160,12 +193,8 @@ def _check_archive(path: Path) -> None:
         raise ModelError(f"{path} is corrupt: its record {bad} fails its checksum")
 
 
-def _build(config: ModelConfig, vocab: Vocabulary, state_dict, path: Path) -> ShowAndTell:
+def _build(config: ModelConfig, state_dict, path: Path) -> ShowAndTell:
     """The model with the saved weights, built on the meta device: nothing is initialised twice."""
-    if len(vocab) != config.vocab_size:
-        raise ModelError(
-            f"{path} is inconsistent: {len(vocab)} words, config says {config.vocab_size}"
-        )
     with torch.device("meta"):
         model = ShowAndTell(config)
     try:

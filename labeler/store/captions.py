@@ -19,14 +19,13 @@ import datetime as dt
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from labeler.calibration import Calibrator
-from labeler.model.drafts import ImageDrafts
 from labeler.store import calibrators
 from labeler.store.models import (
     Caption,
@@ -38,10 +37,23 @@ from labeler.store.models import (
     utcnow,
 )  # fmt: skip
 
-if TYPE_CHECKING:
-    from labeler.caption.holders import Holder  # which imports this module
-
 CHUNK = 500
+# What a draft brings to its row (save_drafts): the model's raw values and the signals derived
+# from them, and the content's margin over its runner-up; the store adds the rest.
+DRAFT_COLUMNS = (
+    "text", "log_likelihood", "num_tokens", "confidence", "score", "token_logprobs", "margin",
+    "finished", "repeated_ngram", "has_unknown",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a run and its claims: a process on a host (caption/holders.py tells whether it
+    is gone)."""
+
+    host: str
+    pid: int
+    started: float  # the process's start time, seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -96,11 +108,6 @@ def finish_run(
         .where(CaptionRun.id == run_id)
         .values(status=status, counts=counts, timings=timings, error=error, finished_at=now)
     )
-
-
-def dataset_ids(session: Session, names: Sequence[str]) -> dict[str, int]:
-    rows = session.execute(select(Dataset.name, Dataset.id).where(Dataset.name.in_(list(names))))
-    return dict(rows.all())
 
 
 def _fresh_draft(model_id: int, settings_key: str):  # type: ignore[no-untyped-def]
@@ -344,20 +351,25 @@ def _copy(draft: Caption, image_id: int, run_id: int) -> dict[str, Any]:
 
 def save_drafts(
     session: Session, *, model_id: int, settings_key: str, run_id: int,
-    results: Sequence[tuple[Work, ImageDrafts]], now: dt.datetime, scoring: calibrators.Scoring,
+    results: Sequence[tuple[Work, Sequence[dict[str, Any]]]], now: dt.datetime,
+    scoring: calibrators.Scoring,
 ) -> list[float]:  # fmt: skip
     """Write the n-best drafts of each hash, scored, to every image that carries it; returns
-    the p_accept of each result's best draft."""
-    scored = [_row(None, model_id, settings_key, run_id, rank, d, drafts.margin, now)
-              for _, drafts in results for rank, d in enumerate(drafts.drafts)]  # fmt: skip
+    the p_accept of each result's best draft. Each result pairs a hash's work with its drafts,
+    best first, each the values of the DRAFT_COLUMNS (the caption job turns the model's drafts
+    into these); the rank, the ids and the times are added here."""
+    ours = {"image_id": None, "model_id": model_id, "settings_key": settings_key,
+            "run_id": run_id, "stale": False, "created_at": now}  # fmt: skip
+    scored = [{**{c: draft[c] for c in DRAFT_COLUMNS}, **ours, "rank": rank}
+              for _, drafts in results for rank, draft in enumerate(drafts)]  # fmt: skip
     scoring.score(scored)  # once per content: its images get copies of these rows
     rows: list[dict[str, Any]] = []
     image_ids: list[int] = []
     best: list[float] = []
     start = 0
     for item, drafts in results:
-        mine = scored[start : start + len(drafts.drafts)]
-        start += len(drafts.drafts)
+        mine = scored[start : start + len(drafts)]
+        start += len(drafts)
         best.append(mine[0]["p_accept"])
         image_ids.extend(item.image_ids)
         rows += [{**row, "image_id": image_id} for image_id in item.image_ids for row in mine]
@@ -376,18 +388,6 @@ def _replace(session, model_id, settings_key, image_ids, rows) -> None:  # type:
         )  # fmt: skip
     if rows:
         connection.execute(Caption.__table__.insert(), rows)
-
-
-def _row(image_id, model_id, settings_key, run_id, rank, draft, margin, now) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    return {
-        "image_id": image_id, "model_id": model_id, "settings_key": settings_key,
-        "run_id": run_id, "rank": rank, "text": draft.text,
-        "log_likelihood": draft.log_likelihood, "num_tokens": draft.num_tokens,
-        "confidence": draft.confidence, "score": draft.score,
-        "token_logprobs": draft.token_logprobs, "margin": margin, "finished": draft.finished,
-        "repeated_ngram": draft.repeated_ngram, "has_unknown": draft.has_unknown,
-        "stale": False, "created_at": now,
-    }  # fmt: skip
 
 
 def fail_images(

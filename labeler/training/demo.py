@@ -215,7 +215,6 @@ def _scan_and_caption(store, out: Path, holdout: Path, settings: DemoSettings, r
     caption_images(
         store, captioner, settings=captioner.decoding, workers=settings.workers, batch_size=64,
         procs=0 if settings.workers == 0 else None,
-        model_source=str(out / "model.pt"),
         progress=lambda p: report("caption", p.done, p.total),
     )  # fmt: skip
 
