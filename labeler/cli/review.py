@@ -1,5 +1,5 @@
-"""`labeler export`, `labeler import`, `labeler stats`, `labeler calibrate` and `labeler report`:
-the review loop."""
+"""`labeler export`, `labeler import`, `labeler stats`, `labeler calibrate`, `labeler report` and
+`labeler serve`: the review loop."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from labeler.cli.app import (
     app,
     console,
     draft_filter,
+    err_console,
     open_store_for,
     print_json,
     progress,
@@ -333,3 +334,36 @@ def report_cli(
         + f", {result.elapsed_s:.1f} s: open {result.index}",
         markup=False,
     )
+
+
+@app.command("serve")
+def serve_cli(
+    model: Annotated[Path, typer.Option("--model", help="The checkpoint to serve.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9090,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LABELER_API_KEY",
+            help="Ask every request for 'Authorization: Token KEY' (or Bearer).",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Serve the model to Label Studio as an ML backend (needs the serve extra).
+
+    This version answers GET /health and POST /setup (the TextArea and Image names found in
+    the labeling config, and the model version: the model's name and decoding settings key).
+    POST /predict and POST /webhook come next; --db is the store they will use.
+    """
+    try:
+        from labeler.review.backend import serve, settings_for
+    except ImportError:
+        err_console.print("labeler serve needs the serve extra: pip install 'labeler[serve]'",
+                          markup=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from None
+    settings = settings_for(model, api_key=api_key)
+    console.print(f"Serving {settings.model_version} on http://{host}:{port}", markup=False)
+    serve(settings, host=host, port=port)
