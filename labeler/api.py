@@ -81,11 +81,10 @@ class LabelerStore:
     def datasets(self) -> list[dict[str, Any]]:
         """`labeler datasets`: each dataset's name, root and images counted by status."""
         from labeler.store import images as image_store
-        from labeler.store.models import Dataset
 
         with self.store.session() as session:
             counts = image_store.status_counts(session)
-            found = session.query(Dataset.name, Dataset.root).order_by(Dataset.name).all()
+            found = image_store.dataset_list(session)
         return [
             {"name": name, "root": root, "images": dict(counts.get(name, {}))}
             for name, root in found

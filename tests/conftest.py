@@ -12,14 +12,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from backends import POSTGRES_ENV, backends
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-POSTGRES_ENV = "LABELER_TEST_POSTGRES_URL"
-
-
-def backends() -> list[str]:
-    return ["sqlite", "postgres"] if os.environ.get(POSTGRES_ENV) else ["sqlite"]
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import pytest
+from backends import backends
 from PIL import Image as PILImage
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -269,11 +270,7 @@ def placeholders(data: bytes, base: Path) -> bytes:
     return re.sub(rb"<dumped>[^<]*</dumped>", b"<dumped>DUMPED_AT</dumped>", data)
 
 
-# conftest's backends: the tests/ folders each have a conftest, so it is not importable by name.
-BACKENDS = ["sqlite", "postgres"] if os.environ.get("LABELER_TEST_POSTGRES_URL") else ["sqlite"]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=backends())
 def built(request, tmp_path_factory) -> Iterator[tuple[Store, Path]]:
     """The fixed store on one backend, built once for every variant (each exports into a
     folder of its own), and the folder that becomes `<ROOT>`. PostgreSQL gets a schema of its

@@ -199,7 +199,7 @@ class _Run:
         """Say whom this worker waits for and until when, then sleep a poll; False when asked
         to stop meanwhile, which ends the wait at once and the run `interrupted`."""
         names = tuple(o.describe() for o in others)
-        until = min(_aware(o.until) for o in others)
+        until = min(o.until for o in others)
         wait = Wait(names, sum(o.contents for o in others), utcnow(), until)
         if self.waiting is not None and self.waiting.holders == names:
             wait = dataclasses.replace(wait, since=self.waiting.since)  # the same wait goes on
@@ -417,11 +417,6 @@ def _loop(state, batch_size, limit) -> None:  # type: ignore[no-untyped-def]
             return
         state.finish_batch(in_hand.popleft())
         state.report()
-
-
-def _aware(moment: dt.datetime) -> dt.datetime:
-    """SQLite hands back UTC times without their zone."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _begin(store, captioner, settings, datasets, recaption, source, lock):  # type: ignore[no-untyped-def]

@@ -298,7 +298,7 @@ def _reviews(record: ReviewRecord, match: _Match, stamp: _Stamp, key: str) -> li
             "image_id": image_id, "caption_id": caption_id, "draft_text": draft, "text": text,
             "outcome": outcome, "reviewer": record.reviewer or stamp.reviewer,
             "reviewed_at": record.reviewed_at or stamp.saved_at, "source": str(stamp.path),
-            "external_id": external, "external_updated_at": _utc(record.external_updated_at),
+            "external_id": external, "external_updated_at": record.external_updated_at,
             "fingerprint": hashlib.sha256(f"{key}:{image_id}".encode()).hexdigest(),
             "imported_at": stamp.imported_at,
         })  # fmt: skip
@@ -319,17 +319,9 @@ def _verdict(record: ReviewRecord, draft: str | None) -> tuple[str | None, str]:
     return (draft if outcome == "accepted" and not text else text), outcome
 
 
-def _utc(moment: dt.datetime | None) -> dt.datetime | None:
-    """In UTC, as SQLite keeps it (it drops the offset); a time without one is UTC."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
-
-
 def _newer(moment: dt.datetime | None, than: dt.datetime | None) -> bool:
-    return moment is not None and (than is None or _utc(moment) > _utc(than))  # type: ignore[operator]
+    """Both are aware: the file's times carry a zone (or are taken as UTC), the store's are UTC."""
+    return moment is not None and (than is None or moment > than)
 
 
 def _store(session, rows: list[dict[str, Any]], result: ImportResult) -> None:  # type: ignore[no-untyped-def]

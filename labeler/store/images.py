@@ -69,6 +69,14 @@ def dataset_roots(session: Session, names: Sequence[str] | None = None) -> dict[
     return {i: bytes(root) for i, root in session.execute(select(Dataset.id, Dataset.root_raw))}
 
 
+def dataset_list(session: Session) -> list[tuple[str, str]]:
+    """(name, root as text) of every dataset, by name."""
+    return [
+        tuple(row)
+        for row in session.execute(select(Dataset.name, Dataset.root).order_by(Dataset.name))
+    ]
+
+
 def _named(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bytes]]:
     query = select(Dataset.name, Dataset.id, Dataset.root_raw).where(Dataset.name.in_(set(names)))
     found = {name: (i, bytes(root)) for name, i, root in session.execute(query)}
