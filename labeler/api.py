@@ -29,10 +29,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labeler.records import ExportRow
+
 if TYPE_CHECKING:
     import pandas
 
-    from labeler.records import ExportRow
     from labeler.store import Store
 
 PathLike = str | os.PathLike[str]
@@ -101,7 +102,7 @@ class LabelerStore:
         from labeler.caption.job import caption_images
         from labeler.model.drafts import DecodeSettings
 
-        decoding = {k: options.pop(k) for k in list(options) if k in _DECODING}
+        decoding = _take(options, DecodeSettings)
         captioner = open_model(model, device=device, procs=options.get("procs"))
         settings = (captioner.decoding or DecodeSettings()).overridden(**decoding)
         return caption_images(self.store, captioner, settings=settings, **options)
@@ -124,7 +125,7 @@ class LabelerStore:
         from labeler.review.export import export_drafts
         from labeler.store.drafts import DraftFilter
 
-        spec = DraftFilter(**{k: options.pop(k) for k in list(options) if k in _FILTERS})
+        spec = DraftFilter(**_take(options, DraftFilter))
         dest = Path(path) if path is not None else None
         return export_drafts(self.store, format, dest, spec=spec, **options)
 
@@ -189,18 +190,10 @@ def _column(chunk: Any, name: str) -> Sequence[Any]:
 
 
 # The DataFrame's columns: a draft's image, its scores and signals, and the review that counts.
-COLUMNS: Sequence[str] = (
-    "image_id", "dataset", "path", "abs_path", "content_hash", "width", "height", "model_name",
-    "model_hash", "settings_key", "caption_id", "text", "log_likelihood", "num_tokens",
-    "confidence", "p_accept", "token_logprobs", "margin", "finished", "repeated_ngram",
-    "has_unknown", "alternatives", "review_text", "review_outcome", "reviewer", "reviewed_at",
-)  # fmt: skip
+COLUMNS: Sequence[str] = tuple(f.name for f in dataclasses.fields(ExportRow))
 
-_DECODING = frozenset(
-    ("beam_size", "max_len", "min_len", "length_penalty", "n_best", "block_repeat_ngram",
-     "block_unk")
-)  # fmt: skip
-_FILTERS = frozenset(
-    ("datasets", "model", "settings_key", "min_confidence", "max_confidence", "min_p_accept",
-     "max_p_accept", "review", "flagged", "path_glob", "include_stale", "limit")
-)  # fmt: skip
+
+def _take(options: dict[str, Any], owner: type) -> dict[str, Any]:
+    """The options that are fields of the dataclass `owner`, taken out of `options`."""
+    names = {f.name for f in dataclasses.fields(owner)}
+    return {k: options.pop(k) for k in list(options) if k in names}
