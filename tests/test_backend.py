@@ -44,7 +44,7 @@ def _without(config: str, tag: str) -> str:
 def test_health_says_up():
     response = _client().get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "UP", "model_class": "labeler"}
+    assert response.json() == {"status": "UP", "model_class": "labeler", "model_version": VERSION}
 
 
 def test_setup_with_our_exported_config_answers_the_model_version(exported_config):
@@ -132,20 +132,39 @@ def test_a_chunked_body_over_the_limit_is_a_413_too():
 def test_serve_help():
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
-    assert "/health" in result.output and "--api-key" in result.output
+    assert "--document-root" in result.output and "--api-key" in result.output
+    assert "Prediction score" in result.output
 
 
 def test_serve_names_the_model_as_the_caption_job_does(tmp_path, monkeypatch):
     checkpoint = tiny_checkpoint(tmp_path / "m.pt")
     served = []
-    monkeypatch.setattr(backend, "serve", lambda settings, **at: served.append((settings, at)))
-    args = ["serve", "--model", str(checkpoint), "--port", "9999"]
+    monkeypatch.setattr(backend, "serve", lambda settings, predictor, **at: served.append(
+        (settings, predictor.sources.document_root, at)))  # fmt: skip
+    args = ["serve", "--model", str(checkpoint), "--port", "9999", "--document-root", "."]
     result = CliRunner().invoke(app, args, env={"LABELER_API_KEY": "k"})
     assert result.exit_code == 0, result.output
     built = ShowTellCaptioner.from_checkpoint(checkpoint, device="cpu")
     key = (built.decoding or DecodeSettings()).key()
-    assert served == [(BackendSettings(model_version=f"{built.name}-{key}", api_key="k"),
+    version = f"{built.name}-{key}"
+    assert served == [(BackendSettings(model_version=version, api_key="k"), tmp_path,
                        {"host": "127.0.0.1", "port": 9999})]  # fmt: skip
+    assert version in result.output
+    assert backend.settings_for(checkpoint).model_version == version
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--document-root", "nowhere"], "--document-root nowhere: no such folder"),
+        (["--label-studio-url", "localhost:8080"], "give an http(s) URL"),
+    ],
+)
+def test_serve_refuses_bad_places_in_one_line(tmp_path, args, message):
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), *args])
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_serve_without_the_extra_is_one_line_and_exit_1(monkeypatch, tmp_path):

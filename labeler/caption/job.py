@@ -254,7 +254,7 @@ class _Run:
         started = time.perf_counter()
         pairs = zip(batch.work, outcome.decoded, strict=True)
         failures = [f for w, d in pairs for f in d.failures(w)]
-        rows = [(w, _columns(drafts)) for w, drafts in results]
+        rows = [(w, draft_rows(drafts)) for w, drafts in results]
         with self.store.write() as session:
             now = utcnow()
             best = caption_store.save_drafts(
@@ -299,7 +299,7 @@ class _Run:
             self.result.failed[f"{status}: {reason}"] += 1
 
 
-def _columns(drafts) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]  # ImageDrafts
+def draft_rows(drafts) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]  # ImageDrafts
     """A content's drafts, best first, as the store's draft columns (DRAFT_COLUMNS)."""
     return [
         {"text": d.text, "log_likelihood": d.log_likelihood, "num_tokens": d.num_tokens,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -11,16 +12,23 @@ import typer
 from rich.table import Table
 
 from labeler.cli.app import (
+    BeamOption,
+    BlockRepeatsOption,
+    BlockUnkOption,
     DatasetOption,
     DbOption,
     FlaggedOption,
     JsonOption,
+    LengthPenaltyOption,
     LimitOption,
     MaxConfidenceOption,
+    MaxLenOption,
     MaxPAcceptOption,
     MinConfidenceOption,
+    MinLenOption,
     MinPAcceptOption,
     ModelOption,
+    NBestOption,
     PathOption,
     ReviewOption,
     SettingsOption,
@@ -28,6 +36,7 @@ from labeler.cli.app import (
     StaleOption,
     app,
     console,
+    decoding_overrides,
     draft_filter,
     err_console,
     open_store_for,
@@ -338,7 +347,8 @@ def report_cli(
 
 @app.command("serve")
 def serve_cli(
-    model: Annotated[Path, typer.Option("--model", help="The checkpoint to serve.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="The checkpoint to serve.")],
+    db: DbOption = None,
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9090,
     api_key: Annotated[
@@ -346,24 +356,109 @@ def serve_cli(
         typer.Option(
             "--api-key",
             envvar="LABELER_API_KEY",
-            help="Ask every request for 'Authorization: Token KEY' (or Bearer).",
+            help="Ask every request for this key: HTTP Basic password (Label Studio's "
+            "basic auth), or 'Authorization: Token KEY' or Bearer.",
             show_default=False,
         ),
     ] = None,
-    db: DbOption = None,
+    document_root: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+            help="Read /data/local-files/ images under this folder (Label Studio's document "
+            "root); never a file outside it.",
+            show_default=False,
+        ),
+    ] = None,
+    label_studio_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LABEL_STUDIO_URL",
+            help="Download images Label Studio serves from here (default: the host its "
+            "/setup call names).",
+            show_default=False,
+        ),
+    ] = None,
+    label_studio_api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LABEL_STUDIO_API_KEY",
+            help="Label Studio's API key, for downloads.",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    download_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where downloaded images are kept (default: ~/.cache/labeler/downloads).",
+            show_default=False,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option(help="Dataset for new images under the document root.")
+    ] = "label-studio",
+    beam: BeamOption = None,
+    max_len: MaxLenOption = None,
+    min_len: MinLenOption = None,
+    length_penalty: LengthPenaltyOption = None,
+    n_best: NBestOption = None,
+    block_repeats: BlockRepeatsOption = None,
+    block_unk: BlockUnkOption = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 16,
+    procs: Annotated[
+        int | None,
+        typer.Option(
+            help="Model processes on a CPU (default: one per core, up to 8); 0 runs the "
+            "model in the server's process."
+        ),
+    ] = None,  # fmt: skip
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
     """Serve the model to Label Studio as an ML backend (needs the serve extra).
 
-    This version answers GET /health and POST /setup (the TextArea and Image names found in
-    the labeling config, and the model version: the model's name and decoding settings key).
-    POST /predict and POST /webhook come next; --db is the store they will use.
+    Tasks get this model's draft and p_accept as their prediction (stored drafts are reused,
+    new ones written to the store), and each submitted, updated, skipped or deleted annotation
+    becomes a review in the store at once. Connect it in Label Studio with the model version it
+    prints as the title, so the Prediction score column fills.
     """
     try:
-        from labeler.review.backend import serve, settings_for
+        from labeler.review.backend import BackendSettings, serve
     except ImportError:
         err_console.print("labeler serve needs the serve extra: pip install 'labeler[serve]'",
                           markup=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(1) from None
-    settings = settings_for(model, api_key=api_key)
-    console.print(f"Serving {settings.model_version} on http://{host}:{port}", markup=False)
-    serve(settings, host=host, port=port)
+    from labeler.caption.engines import open_model
+    from labeler.errors import InputError
+    from labeler.model.drafts import DecodeSettings
+    from labeler.review.predictor import Predictor
+    from labeler.review.task_images import Sources
+
+    if document_root is not None and not document_root.is_dir():
+        raise InputError(f"--document-root {document_root}: no such folder")
+    if label_studio_url is not None and not label_studio_url.startswith(("http://", "https://")):
+        raise InputError(f"--label-studio-url {label_studio_url!r}: give an http(s) URL")
+    downloads = download_dir or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    ) / "labeler" / "downloads"  # fmt: skip
+    sources = Sources(
+        document_root=Path(os.path.realpath(document_root)) if document_root else None,
+        download_dir=Path(os.path.realpath(downloads)),
+        label_studio_url=label_studio_url.rstrip("/") if label_studio_url else None,
+        api_key=label_studio_api_key or None,
+    )  # fmt: skip
+    captioner = open_model(model, device=device, procs=procs)
+    decoding = (captioner.decoding or DecodeSettings()).overridden(
+        **decoding_overrides(
+            beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+            n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
+        )
+    )  # fmt: skip
+    predictor = Predictor(
+        open_store_for(db), captioner, decoding, sources, dataset=dataset, procs=procs,
+        batch_size=batch_size,
+    )  # fmt: skip
+    settings = BackendSettings(model_version=predictor.model_version, api_key=api_key or None)
+    console.print(f"Serving {settings.model_version} on http://{host}:{port} (connect it in "
+                  f"Label Studio with this model version as its title)", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    serve(settings, predictor, host=host, port=port)

@@ -254,12 +254,7 @@ class _Job:
                 self.changed_ids.append(known.id)
         else:
             self.result.unchanged += 1
-        found = pending.found
-        self.rows.append(
-            (pending.dataset_id, display(found.rel), found.rel, probe.size, probe.mtime_ns,
-             probe.sha256, probe.format, probe.width, probe.height, probe.mode, probe.frames,
-             probe.status, probe.reason or None, self.now, self.now)
-        )  # fmt: skip
+        self.rows.append(_row(pending.dataset_id, pending.found.rel, probe, self.now))
 
     def _flush(self) -> None:
         if not self.rows:
@@ -293,6 +288,43 @@ def _finish(store, targets, result, seen, up_to_id, scan_start) -> None:  # type
         result.duplicates, result.duplicate_examples = image_store.duplicate_groups(
             session, dataset_ids
         )
+
+
+def _row(dataset_id: int, rel: bytes, probe: probing.Probe, now: Any) -> tuple[Any, ...]:
+    """An image row in image_store.image_row_columns() order."""
+    return (dataset_id, display(rel), rel, probe.size, probe.mtime_ns, probe.sha256, probe.format,
+            probe.width, probe.height, probe.mode, probe.frames, probe.status,
+            probe.reason or None, now, now)  # fmt: skip
+
+
+def record_files(
+    session, dataset_id: int, root: bytes, rels: Sequence[bytes], *,  # type: ignore[no-untyped-def]
+    max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+) -> dict[bytes, tuple[image_store.KnownImage, str]]:  # fmt: skip
+    """Register these files of one dataset now, as a scan does (a file is read only when new
+    or changed since its row was written; a changed content's drafts go stale): the stored
+    state of each afterwards, with the reason a file read now is not ok ("" otherwise)."""
+    known = image_store.known_images(session, dataset_id, rels)
+    now = image_store.driver_time(session.get_bind().dialect.name, utcnow())
+    rows, changed, reasons = [], [], {}
+    for rel in dict.fromkeys(rels):
+        state = known.get(rel)
+        try:
+            st = os.stat(os.path.join(root, rel))
+        except OSError:
+            st = None
+        unchanged = st is not None and state is not None and state.status in UNCHANGED_OK
+        if unchanged and (st.st_size, st.st_mtime_ns) == (state.size, state.mtime_ns):
+            continue
+        probe = probing.probe(os.path.join(root, rel), max_pixels=max_pixels)
+        reasons[rel] = probe.reason
+        if state is not None and state.content_hash not in (None, probe.sha256):
+            changed.append(state.id)
+        rows.append(_row(dataset_id, rel, probe, now))
+    image_store.upsert_images(session, rows)
+    image_store.mark_stale(session, changed)
+    stored = image_store.known_images(session, dataset_id, rels)
+    return {rel: (state, reasons.get(rel, "")) for rel, state in stored.items()}
 
 
 def _probe_many(paths: list[bytes], max_pixels: int) -> list[probing.Probe]:

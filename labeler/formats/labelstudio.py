@@ -44,14 +44,18 @@ Several text lines are joined with a space: captions are one line everywhere els
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from xml.parsers import expat
 
 from labeler.atomic import atomic_outputs
 from labeler.errors import FormatError, InputError
@@ -297,12 +301,12 @@ def review_from_task(where: str, item: object, *, control: str = CONTROL) -> Rev
             chosen.get("completed_by"), chosen.get("created_username"), chosen.get("updated_by")
         ),
         reviewed_at=changed,
-        external_id=_external_id(chosen.get("id"), where),
+        external_id=external_id(chosen.get("id"), where),
         external_updated_at=changed,
     )
 
 
-def _external_id(annotation_id: object, where: str) -> str | None:
+def external_id(annotation_id: object, where: str) -> str | None:
     """The name of an annotation across exports: its id, written the same from JSON (a number)
     and from CSV (text, '17' or '17.0' after a spreadsheet). Any size: it is never stored as a
     number, and a server may count its annotations in 64 bits."""
@@ -363,6 +367,69 @@ def review_from_flat(
             item.get("annotator"), item.get("created_username"), item.get("updated_by")
         ),
         reviewed_at=changed,
-        external_id=_external_id(item.get("annotation_id"), where),
+        external_id=external_id(item.get("annotation_id"), where),
         external_updated_at=changed,
     )
+
+
+# --- reading a labeling config (labeler serve) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigNames:
+    """Where a caption goes in a labeling config: from_name and to_name of a result, and the
+    task data key holding the image's URL (the Image's value without its '$')."""
+
+    text_area: str
+    image: str
+    value_key: str
+
+
+def caption_names(config: str) -> ConfigNames:
+    """The first TextArea of a labeling config and the Image it points to (toName); an
+    InputError naming what is missing, or a DOCTYPE (entity declarations are refused)."""
+    _refuse_doctype(config)
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as exc:
+        raise InputError(f"the labeling config is not well-formed XML: {exc}") from None
+    images = {el.get("name"): el for el in root.iter("Image") if el.get("name")}
+    area = next(root.iter("TextArea"), None)
+    if area is None or not area.get("name"):
+        raise InputError("the labeling config has no TextArea with a name (the caption's field)")
+    if not images:
+        raise InputError("the labeling config has no Image with a name (what is captioned)")
+    targets = [t.strip() for t in (area.get("toName") or "").split(",") if t.strip()]
+    image = next((t for t in targets if t in images), None)
+    if image is None:
+        known = ", ".join(sorted(images))
+        raise InputError(f"the TextArea {area.get('name')!r} points to no Image (toName "
+                         f"{area.get('toName')!r}; Images: {known})")  # fmt: skip
+    value = (images[image].get("value") or "").strip()
+    if not value.startswith("$") or len(value) < 2:
+        raise InputError(f"the Image {image!r} takes no task data (value {value!r}; "
+                         "expected something like \"$image\")")  # fmt: skip
+    return ConfigNames(text_area=area.get("name", ""), image=image, value_key=value[1:])
+
+
+def _refuse_doctype(config: str) -> None:
+    parser = expat.ParserCreate()
+
+    def refuse(*_args: object) -> None:
+        raise InputError("the labeling config has a DOCTYPE or entity declaration; remove it")
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    with contextlib.suppress(expat.ExpatError):  # reported by the parse that follows
+        parser.Parse(config, True)
+
+
+def prediction_item(names: ConfigNames, text: str) -> dict[str, Any]:
+    """A caption as one region of a prediction's (or annotation's) result."""
+    return {"from_name": names.text_area, "to_name": names.image, "type": "textarea",
+            "value": {"text": [text]}}  # fmt: skip
+
+
+def result_text(result: object, control: str) -> str | None:
+    """The control's text in a result list (several regions joined), None when it has none."""
+    return _annotation_text({"result": result if isinstance(result, list) else []}, "", control)

@@ -1,37 +1,54 @@
-"""`labeler serve`: the Label Studio ML backend's HTTP app (GET /health, POST /setup).
+"""`labeler serve`: the Label Studio ML backend's HTTP app: GET /health, POST /setup, POST
+/predict and POST /webhook (the protocol of Label Studio 1.23, read from its source).
 
 Starlette rather than the `label-studio-ml` SDK: the SDK on the package index is stale (Flask
 pinned to 1.1.2), and the protocol is four small JSON endpoints. Starlette and uvicorn are the
 optional `serve` extra, so only this module imports them and only the `serve` command imports
-this module.
+this module. The work behind /predict is predictor.py's, behind /webhook annotations.py's; both
+run in a worker thread, so /health and /setup answer at once (Label Studio gives them 1 s and
+3 s, and calls both before every batch of predictions).
 
 Every request passes one ASGI middleware before any route: the api key (when set) and then the
 body limit, checked on the declared length and again while the body streams in, so a body over
-the limit is refused before a byte of it is parsed. JSON is parsed by the one JSON reader
-(formats/streams.py); a labeling config is read with xml.etree after a refusal of any DOCTYPE,
-which is where entity declarations (and their expansion bombs) would live.
+the limit is refused before a byte of it is parsed. Label Studio can only send the key as HTTP
+Basic auth (the ML backend's "basic auth" password; any user name), and on the webhook only as a
+header set on the webhook itself, so Basic, Token and Bearer are all accepted. JSON is parsed by
+the one JSON reader (formats/streams.py); a labeling config is read by formats/labelstudio.py,
+which refuses any DOCTYPE.
+
+/predict answers one entry per task, in order (Label Studio throws every prediction away when
+the count differs): a prediction whose score is the draft's p_accept and whose model_version is
+the same string in every answer and in /setup's, or, for a task whose image cannot be read, an
+empty list (no prediction), the reason logged. Images are read under the document root, or
+downloaded from Label Studio with LABEL_STUDIO_URL and its API key, or with the host and token
+Label Studio sent to /setup for that project.
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import binascii
+import dataclasses
 import hmac
 import logging
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.parsers import expat
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from labeler.errors import FormatError, InputError
+from labeler.formats.labelstudio import ConfigNames, caption_names, prediction_item
 from labeler.formats.streams import parse_json
+from labeler.review.annotations import handle_event
+from labeler.review.predictor import Predictor
+from labeler.review.task_images import Sources, image_value
 
 log = logging.getLogger(__name__)
 
@@ -43,33 +60,34 @@ class BackendSettings:
     max_body: int = 10 << 20  # bytes; a longer request body is answered 413 unread
 
 
-@dataclass(frozen=True)
-class ConfigNames:
-    """Where a caption goes in a labeling config: from_name and to_name of a result."""
-
-    text_area: str
-    image: str
-
-
 def settings_for(checkpoint: str | Path, *, api_key: str | None = None) -> BackendSettings:
-    """The settings serving `checkpoint`: model_version is the caption job's model name and its
-    decoding settings key, read from the checkpoint without building the network."""
+    """The settings serving `checkpoint` with its own decoding defaults, read from the
+    checkpoint without building the network."""
     from labeler.model.captioner import ShowTellFile
     from labeler.model.drafts import DecodeSettings
+    from labeler.review.predictor import model_version
 
     model = ShowTellFile.read(checkpoint, device="cpu")
-    key = (model.decoding or DecodeSettings()).key()
-    return BackendSettings(model_version=f"{model.name}-{key}", api_key=api_key or None)
+    version = model_version(model, model.decoding or DecodeSettings())
+    return BackendSettings(model_version=version, api_key=api_key or None)
 
 
-def serve(settings: BackendSettings, *, host: str = "127.0.0.1", port: int = 9090) -> None:
-    """Run the app until interrupted."""
-    uvicorn.run(make_app(settings), host=host, port=port, log_level="info")
+def serve(
+    settings: BackendSettings, predictor: Predictor, *, host: str = "127.0.0.1", port: int = 9090
+) -> None:
+    """Run the app until interrupted, the predictor's engine and run started first (model
+    processes load the model before the first request) and stopped last."""
+    with predictor:
+        uvicorn.run(make_app(settings, predictor), host=host, port=port, log_level="info")
 
 
-def make_app(settings: BackendSettings) -> Starlette:
+def make_app(settings: BackendSettings, predictor: Predictor | None = None) -> Starlette:
+    """The app; without a predictor (its own tests) /predict and /webhook answer 503."""
+    sent: dict[str, Sources] = {}  # project id -> sources with the host and token /setup gave
+
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "UP", "model_class": "labeler"})
+        return JSONResponse({"status": "UP", "model_class": "labeler",
+                             "model_version": settings.model_version})  # fmt: skip
 
     async def setup(request: Request) -> JSONResponse:
         body = await _json_body(request)
@@ -82,47 +100,97 @@ def make_app(settings: BackendSettings) -> Starlette:
             names = caption_names(schema)
         except InputError as exc:
             return _error("/setup", str(exc))
+        project = _project_id(body.get("project"))
+        if predictor is not None and project is not None:
+            given = _given_sources(predictor.sources, body)
+            if given is not None:
+                sent[project] = given
         log.info("project %s: captions go to %s -> %s", body.get("project"),
                  names.text_area, names.image)  # fmt: skip
         return JSONResponse({"model_version": settings.model_version})
 
-    routes = [Route("/health", health, methods=["GET"]), Route("/setup", setup, methods=["POST"])]
+    async def predict(request: Request) -> JSONResponse:
+        if predictor is None:
+            return _error("/predict", "no model is served", 503)
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        tasks = body.get("tasks") if isinstance(body, dict) else None
+        if not isinstance(tasks, list):
+            return _error("/predict", "the request has no list of tasks")
+        try:
+            names = caption_names(body.get("label_config") or "")
+        except InputError as exc:
+            return _error("/predict", str(exc))
+        sources = sent.get(_project_id(body.get("project")) or "", predictor.sources)
+        images = [(image_value(task, names.value_key), _task_id(task)) for task in tasks]
+        answers = await run_in_threadpool(predictor.predict, images, sources)
+        results: list[Any] = []
+        for task, answer in zip(tasks, answers, strict=True):
+            if answer.text is None:
+                log.warning("task %s: no prediction: %s", _task_id(task), answer.reason)
+                results.append([])
+                continue
+            results.append(_prediction(names, answer.text, answer.score, settings.model_version))
+        return JSONResponse({"results": results})
+
+    async def webhook(request: Request) -> JSONResponse:
+        if predictor is None:
+            return _error("/webhook", "no store is served", 503)
+        raw = await request.body()
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        project = body.get("project") if isinstance(body, dict) else None
+        key = _project_id(project.get("id") if isinstance(project, dict) else project)
+        sources = sent.get(key or "", predictor.sources)
+        result = await run_in_threadpool(
+            handle_event, predictor.store, body, raw, sources=sources, register=predictor.register
+        )
+        if result.outcome == "refused":
+            return _error("/webhook", f"{result.action}: {result.detail}", 422)
+        if result.outcome != "ignored":
+            log.info("%s: %s %s", result.action, result.outcome, result.detail)
+        return JSONResponse(result.to_dict())
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/", health, methods=["GET"]),
+        Route("/setup", setup, methods=["POST"]),
+        Route("/predict", predict, methods=["POST"]),
+        Route("/webhook", webhook, methods=["POST"]),
+    ]
     return Starlette(routes=routes, middleware=[Middleware(_Guard, settings=settings)])
 
 
-def caption_names(config: str) -> ConfigNames:
-    """The first TextArea of a labeling config and the Image it points to (toName); an
-    InputError naming what is missing, or a DOCTYPE (entity declarations are refused)."""
-    _refuse_doctype(config)
-    try:
-        root = ET.fromstring(config)
-    except ET.ParseError as exc:
-        raise InputError(f"the labeling config is not well-formed XML: {exc}") from None
-    images = {el.get("name") for el in root.iter("Image") if el.get("name")}
-    area = next(root.iter("TextArea"), None)
-    if area is None or not area.get("name"):
-        raise InputError("the labeling config has no TextArea with a name (the caption's field)")
-    if not images:
-        raise InputError("the labeling config has no Image with a name (what is captioned)")
-    targets = [t.strip() for t in (area.get("toName") or "").split(",") if t.strip()]
-    image = next((t for t in targets if t in images), None)
-    if image is None:
-        known = ", ".join(sorted(images))
-        raise InputError(f"the TextArea {area.get('name')!r} points to no Image (toName "
-                         f"{area.get('toName')!r}; Images: {known})")  # fmt: skip
-    return ConfigNames(text_area=area.get("name", ""), image=image)
+def _prediction(names: ConfigNames, text: str, score: float | None, version: str) -> dict[str, Any]:
+    # Label Studio refuses a score outside [0, 1]; where confidence stands in for p_accept,
+    # rounding can push exp(0) a hair over.
+    clamped = None if score is None else min(max(float(score), 0.0), 1.0)
+    return {"result": [prediction_item(names, text)], "score": clamped, "model_version": version}
 
 
-def _refuse_doctype(config: str) -> None:
-    parser = expat.ParserCreate()
+def _project_id(project: object) -> str | None:
+    """The project's id from "<id>.<created timestamp>" (setup, predict) or a bare id."""
+    if isinstance(project, bool) or not isinstance(project, int | str):
+        return None
+    head = str(project).split(".", 1)[0].strip()
+    return head if head.isdigit() else None
 
-    def refuse(*_args: object) -> None:
-        raise InputError("the labeling config has a DOCTYPE or entity declaration; remove it")
 
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    with contextlib.suppress(expat.ExpatError):  # reported by the parse that follows
-        parser.Parse(config, True)
+def _task_id(task: object) -> object:
+    return task.get("id") if isinstance(task, dict) else None
+
+
+def _given_sources(sources: Sources, body: dict[str, Any]) -> Sources | None:
+    """Without LABEL_STUDIO_URL, the host and the project owner's token /setup sent."""
+    host, token = body.get("hostname"), body.get("access_token")
+    if sources.label_studio_url is not None or not isinstance(host, str) or not host:
+        return None
+    if not host.startswith(("http://", "https://")):
+        return None
+    key = token if isinstance(token, str) and token else None
+    return dataclasses.replace(sources, label_studio_url=host.rstrip("/"), api_key=key)
 
 
 async def _json_body(request: Request) -> Any:
@@ -186,10 +254,15 @@ class _Guard:
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        key = self.settings.api_key or ""
-        return scheme.lower() in {"token", "bearer"} and hmac.compare_digest(
-            given.strip().encode(), key.encode()
-        )
+        given, scheme = given.strip(), scheme.lower()
+        if scheme == "basic":  # Label Studio's only way: the key is the password, any user
+            try:
+                given = base64.b64decode(given, validate=True).decode("utf-8").partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        elif scheme not in {"token", "bearer"}:
+            return False
+        return hmac.compare_digest(given.encode(), (self.settings.api_key or "").encode())
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         limit = self.settings.max_body

@@ -81,11 +81,14 @@ class _Match:
 class _Stamp:
     """What every review of this import shares."""
 
-    path: Path
+    source: str  # the file's path, or where the records came from
     digest: str
     reviewer: str | None
     saved_at: dt.datetime  # the file's time: the review time when a record gives none
     imported_at: dt.datetime
+    # the outcome of a caption written where there is no draft to compare it with (the
+    # webhook: the annotator's own caption, edited); None: an error naming the record
+    undrafted: str | None = None
 
 
 def import_reviews(
@@ -107,7 +110,7 @@ def import_reviews(
     source = ReviewFile(path, fmt=fmt)
     digest = _digest(path)
     saved_at = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc)
-    stamp = _Stamp(path, digest, reviewer, saved_at, utcnow())
+    stamp = _Stamp(str(path), digest, reviewer, saved_at, utcnow())
     repeats = Repeats(source.name)
     with store.session() as session:
         scope = image_store.dataset_roots(session, datasets)
@@ -118,6 +121,27 @@ def import_reviews(
         _write(session, source, scope, stamp, repeats, result)
         if _digest(path) != digest:
             raise InputError(f"{path} changed while it was imported; nothing was stored")
+    return result
+
+
+def import_records(
+    store: Store, records: Sequence[ReviewRecord], *, source: str, digest: str,
+    datasets: Sequence[str] | None = None,
+) -> ImportResult:  # fmt: skip
+    """Store reviews that arrive on their own (`labeler serve`'s webhook) as an import stores a
+    file's, in one transaction: matched the same way, one review per annotation and image, a
+    newer version replacing the stored one in place. `digest` names the delivery (a hash of its
+    body); a FormatError when a record matches no image, and nothing is stored."""
+    now = utcnow()
+    stamp = _Stamp(source, digest, None, now, now, undrafted="edited")
+    result = ImportResult(source=source)
+    with store.write() as session:
+        matcher = _Matcher(session, image_store.dataset_roots(session, datasets))
+        for chunk in _chunks(records):
+            rows = matcher.reviews(chunk, stamp, result.records, result.matched_by)
+            result.records += len(chunk)
+            result.by_outcome.update(row["outcome"] for row in rows)
+            _store(session, rows, result)
     return result
 
 
@@ -292,12 +316,12 @@ def _tried(record: ReviewRecord) -> list[str]:
 def _reviews(record: ReviewRecord, match: _Match, stamp: _Stamp, key: str) -> list[dict[str, Any]]:
     rows = []
     for image_id, caption_id, draft in match.drafts:
-        text, outcome = _verdict(record, draft)
+        text, outcome = _verdict(record, draft, stamp.undrafted)
         external = record.external_id and f"{record.external_id}:image:{image_id}"
         rows.append({
             "image_id": image_id, "caption_id": caption_id, "draft_text": draft, "text": text,
             "outcome": outcome, "reviewer": record.reviewer or stamp.reviewer,
-            "reviewed_at": record.reviewed_at or stamp.saved_at, "source": str(stamp.path),
+            "reviewed_at": record.reviewed_at or stamp.saved_at, "source": stamp.source,
             "external_id": external, "external_updated_at": record.external_updated_at,
             "fingerprint": hashlib.sha256(f"{key}:{image_id}".encode()).hexdigest(),
             "imported_at": stamp.imported_at,
@@ -305,16 +329,20 @@ def _reviews(record: ReviewRecord, match: _Match, stamp: _Stamp, key: str) -> li
     return rows
 
 
-def _verdict(record: ReviewRecord, draft: str | None) -> tuple[str | None, str]:
+def _verdict(
+    record: ReviewRecord, draft: str | None, undrafted: str | None = None
+) -> tuple[str | None, str]:
     """(text, outcome) of the record's review of `draft`, deciding the outcome when the file
-    did not; accepted without a text keeps the draft's."""
+    did not (`undrafted` where there is no draft); accepted without a text keeps the draft's."""
     text, outcome = record.reviewed_text, record.outcome
-    if outcome is None:
-        if draft is None:
+    if outcome is None and draft is None:
+        if undrafted is None:
             raise FormatError(
                 f"{record.where}: no draft to compare the reviewed caption with; "
                 "fill in the outcome column"
             )
+        outcome = undrafted
+    elif outcome is None:
         outcome = "accepted" if normalise_text(text or "") == normalise_text(draft) else "edited"
     return (draft if outcome == "accepted" and not text else text), outcome
 

@@ -401,3 +401,21 @@ def fail_images(
             .where(Image.id == image_id)
             .values(status=status, reason=f"caption: {reason}", scanned_at=now)
         )
+
+
+def best_drafts(
+    session: Session, *, model_id: int, settings_key: str, image_ids: Iterable[int]
+) -> dict[int, tuple[int, str, float]]:
+    """Image id -> (caption id, text, p_accept) of its fresh best draft from this model and
+    settings, for those of these images that have one."""
+    ids = list(dict.fromkeys(image_ids))
+    found: dict[int, tuple[int, str, float]] = {}
+    for start in range(0, len(ids), CHUNK):
+        rows = session.execute(
+            select(Caption.image_id, Caption.id, Caption.text, Caption.p_accept)
+            .where(Caption.image_id.in_(ids[start : start + CHUNK]))
+            .where(Caption.model_id == model_id, Caption.settings_key == settings_key)
+            .where(Caption.rank == 0, Caption.stale.is_(False))
+        )
+        found.update((image_id, (cid, text, p)) for image_id, cid, text, p in rows)
+    return found

@@ -185,3 +185,15 @@ def reviewed_captions(
         ReviewedCaption(name, bytes(root), path, bytes(raw), outcome, text)
         for name, root, path, raw, outcome, text in session.execute(query)
     ]
+
+
+def withdraw_reviews(session: Session, external_prefixes: Iterable[str]) -> int:
+    """Delete the reviews whose external id starts with one of these (an annotation's reviews,
+    one per image it judged); how many went."""
+    gone = 0
+    for prefix in dict.fromkeys(external_prefixes):
+        result = session.execute(
+            REVIEWS.delete().where(REVIEWS.c.external_id.startswith(prefix, autoescape=True))
+        )
+        gone += result.rowcount or 0
+    return gone

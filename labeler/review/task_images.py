@@ -1,0 +1,228 @@
+"""Where a Label Studio task's image is on this machine: its URL to a local file, never outside
+the document root, downloading what only Label Studio (or a web server) can hand over.
+
+A task names its image by the URL in its data (the Image tag's `value`, e.g. `$image`):
+- `/data/local-files/?d=<relative path>` (local-files storage): the file under the document
+  root when serve has one (`--document-root`, Label Studio's LOCAL_FILES_DOCUMENT_ROOT), the
+  path resolved with its symbolic links and refused when it leaves the root; otherwise it is
+  downloaded from Label Studio.
+- any other path on the Label Studio server (`/data/upload/...` for uploaded files): downloaded
+  from LABEL_STUDIO_URL with its API key.
+- `http(s)://...`: downloaded; the API key is sent only to LABEL_STUDIO_URL's own origin.
+- a cloud URI (`s3://`, `gs://`, `azure-blob://`): Label Studio presigns it for the task
+  (`/tasks/<id>/presign/?fileuri=<base64>`), and the presigned URL, followed without the API
+  key, is downloaded.
+Downloads land in the download folder under a path derived from the URL (never climbing out of
+it), written whole (labeler.atomic), and are reused when already there: uploads have unique
+names, and a served file is registered by its content hash anyway. Every refusal is a `Missed`
+with a one-line reason for that task alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labeler.atomic import atomic_binary
+from labeler.errors import InputError
+from labeler.formats.labelstudio import LOCAL_FILES
+
+DOWNLOAD_TIMEOUT_S = 30.0
+MAX_DOWNLOAD = 256 << 20  # bytes: a larger answer is not an image this tool decodes
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where images may come from: the document root and the Label Studio server."""
+
+    document_root: Path | None  # resolved; local-files paths are read under it
+    download_dir: Path  # resolved; downloads land under it
+    label_studio_url: str | None = None  # e.g. http://localhost:8080, no trailing slash
+    api_key: str | None = None  # Label Studio's API key, sent as "Token <key>"
+
+
+@dataclass(frozen=True)
+class Place:
+    """A task's image on this machine: `path` is absolute; `url` is set while the file still
+    has to be downloaded there."""
+
+    path: Path
+    url: str | None = None
+    presign: bool = False  # `url` is Label Studio's presign endpoint: follow its redirect bare
+
+
+@dataclass(frozen=True)
+class Missed:
+    reason: str
+
+
+def image_value(task: object, key: str) -> str | Missed:
+    """The URL in the task's data under `key` (the Image tag's value without its '$')."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if not isinstance(data, dict):
+        return Missed("the task has no data object")
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        return Missed(f"the task's data has no image URL under {key!r}")
+    return value.strip()
+
+
+def place(url: str, sources: Sources, *, task_id: object = None) -> Place | Missed:
+    """Where the image at `url` is, or is to be downloaded to."""
+    parsed = urllib.parse.urlsplit(url)
+    local = _local_files_path(parsed)
+    if local is not None:
+        return _local(local, url, sources)
+    if parsed.scheme in CLOUD_SCHEMES:
+        return _cloud(url, parsed, sources, task_id)
+    if parsed.scheme in ("http", "https"):
+        target = _under(sources.download_dir, [parsed.netloc, *_parts(parsed.path)])
+        return target if isinstance(target, Missed) else Place(target, url)
+    if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
+        return Missed(f"cannot read image URL {url!r:.120}: not a Label Studio or web URL")
+    if sources.label_studio_url is None:
+        return Missed(f"{url!r:.120} is served by Label Studio: set LABEL_STUDIO_URL")
+    target = _under(sources.download_dir, _parts(parsed.path))
+    return target if isinstance(target, Missed) else Place(target, _on_server(url, sources))
+
+
+def _local_files_path(parsed: urllib.parse.SplitResult) -> str | None:
+    """The relative path `d` of a local-files URL (with or without the server's origin)."""
+    if parsed.path.rstrip("/") != LOCAL_FILES.split("?")[0].rstrip("/"):
+        return None
+    values = urllib.parse.parse_qs(parsed.query, keep_blank_values=True).get("d")
+    return values[0] if values else ""
+
+
+def _local(relative: str, url: str, sources: Sources) -> Place | Missed:
+    if sources.document_root is None:
+        if sources.label_studio_url is None:
+            return Missed(f"{url!r:.120} is a local file: give --document-root (or set "
+                          "LABEL_STUDIO_URL to download it)")  # fmt: skip
+        target = _under(sources.download_dir, ["local-files", *relative.split("/")])
+        return target if isinstance(target, Missed) else Place(target, _on_server(url, sources))
+    root = sources.document_root
+    if not relative or "\x00" in relative:
+        return Missed(f"{url!r:.120} names no file")
+    path = Path(os.path.realpath(root / relative.lstrip("/")))
+    if os.path.commonpath([path, root]) != str(root):
+        return Missed(f"{relative!r:.120} is outside the document root {root}")
+    return Place(path)
+
+
+def _cloud(
+    url: str, parsed: urllib.parse.SplitResult, sources: Sources, task_id: object
+) -> Place | Missed:
+    if sources.label_studio_url is None:
+        return Missed(f"{url!r:.120} is in cloud storage: set LABEL_STUDIO_URL (and its API "
+                      "key) so Label Studio can presign it")  # fmt: skip
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        return Missed(f"{url!r:.120} is in cloud storage and the task has no id to presign it")
+    parts = [parsed.scheme, parsed.netloc, *_parts(parsed.path)]
+    target = _under(sources.download_dir, parts)
+    if isinstance(target, Missed):
+        return target
+    encoded = base64.urlsafe_b64encode(url.encode()).decode()
+    presign = f"{sources.label_studio_url}/tasks/{task_id}/presign/?fileuri={encoded}"
+    return Place(target, presign, presign=True)
+
+
+def _on_server(url: str, sources: Sources) -> str:
+    assert sources.label_studio_url is not None
+    parsed = urllib.parse.urlsplit(url)
+    query = f"?{parsed.query}" if parsed.query else ""
+    return f"{sources.label_studio_url}{parsed.path}{query}"
+
+
+def _parts(path: str) -> list[str]:
+    return [urllib.parse.unquote(p) for p in path.split("/")]
+
+
+def _under(folder: Path, parts: list[str]) -> Path | Missed:
+    """folder/parts, refusing any part that climbs ('..') or holds a separator."""
+    clean = [p for p in parts if p not in ("", ".")]
+    if not clean or any(p == ".." or "/" in p or "\\" in p or "\x00" in p for p in clean):
+        return Missed(f"cannot keep a download at {'/'.join(parts)!r:.120}")
+    return folder.joinpath(*clean)
+
+
+def fetch(item: Place, sources: Sources) -> Place | Missed:
+    """Download `item` to its path unless a file is already there; the place, now local."""
+    if item.url is None or item.path.is_file():
+        return Place(item.path)
+    try:
+        data = _download(item, sources)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            reason: object = f"HTTP {exc.code} {exc.reason}"
+        else:
+            reason = getattr(exc, "reason", None) or exc
+        return Missed(f"download of {_shown(item.url, sources)} failed: {reason}")
+    if isinstance(data, Missed):
+        return data
+    try:
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_binary(item.path) as out:
+            out.handle.write(data)
+    except (OSError, InputError) as exc:
+        return Missed(
+            f"cannot keep the download at {item.path}: {getattr(exc, 'strerror', None) or exc}"
+        )
+    return Place(item.path)
+
+
+def _download(item: Place, sources: Sources) -> bytes | Missed:
+    assert item.url is not None
+    headers = {}
+    if sources.api_key and _same_origin(item.url, sources.label_studio_url):
+        headers["Authorization"] = f"Token {sources.api_key}"
+    url = item.url
+    if item.presign:  # Label Studio answers with a redirect to the storage's presigned URL
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers),
+                             timeout=DOWNLOAD_TIMEOUT_S) as answer:  # fmt: skip
+                return _read(answer, url, sources)
+        except urllib.error.HTTPError as exc:
+            location = exc.headers.get("Location") if exc.code in (301, 302, 303, 307) else None
+            if location is None:
+                raise
+            url, headers = urllib.parse.urljoin(url, location), {}  # the key stays home
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=DOWNLOAD_TIMEOUT_S) as answer:  # fmt: skip
+        return _read(answer, url, sources)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the redirect comes back as an HTTPError, followed by hand without the key
+
+
+def _read(answer: Any, url: str, sources: Sources) -> bytes | Missed:
+    data = answer.read(MAX_DOWNLOAD + 1)
+    if len(data) > MAX_DOWNLOAD:
+        return Missed(f"{_shown(url, sources)} is over {MAX_DOWNLOAD >> 20} MiB")
+    return data
+
+
+def _same_origin(url: str, base: str | None) -> bool:
+    if base is None:
+        return False
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(base)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _shown(url: str, sources: Sources) -> str:
+    """A URL for a log line: another server's without its query (a presigned URL's query is a
+    credential)."""
+    if _same_origin(url, sources.label_studio_url):
+        return url
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))

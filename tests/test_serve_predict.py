@@ -1,0 +1,456 @@
+"""`labeler serve`'s /predict and /webhook through an HTTP client, with a real checkpoint, real
+images and a real store (SQLite, and PostgreSQL when CI names a server): tasks in, drafts and
+scores out and stored like the caption job's; annotation events in, reviews stored."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from captionkit import CALIBRATOR, tiny_checkpoint
+from imagefactory import noisy_image, plain_image, text_as_jpg
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from labeler.caption.job import caption_images
+from labeler.files.scan import scan
+from labeler.formats.labelstudio import LABEL_CONFIG, LOCAL_FILES
+from labeler.model.captioner import ShowTellCaptioner
+from labeler.model.drafts import DecodeSettings
+from labeler.review.backend import BackendSettings, make_app
+from labeler.review.predictor import Predictor
+from labeler.review.task_images import Sources
+from labeler.store.models import Caption, Dataset, Image, Review
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    folder = tmp_path / "docroot"
+    (folder / "photos").mkdir(parents=True)
+    for i in range(3):
+        noisy_image(folder / "photos", f"p{i}.jpg", seed=i)
+    shutil.copy(folder / "photos" / "p0.jpg", folder / "photos" / "copy_of_p0.jpg")
+    text_as_jpg(folder / "photos", "broken.jpg")
+    return Path(os.path.realpath(folder))
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    return tiny_checkpoint(tmp_path / "model.pt", calibrator=CALIBRATOR)
+
+
+class Served:
+    def __init__(self, store, checkpoint, root, tmp_path, **sources) -> None:
+        self.captioner = ShowTellCaptioner.from_checkpoint(checkpoint, device="cpu")
+        self.settings = self.captioner.decoding or DecodeSettings()
+        places = Sources(document_root=root, download_dir=tmp_path / "downloads", **sources)
+        self.predictor = Predictor(store, self.captioner, self.settings, places, procs=0)
+        self.store = store
+
+    def __enter__(self) -> Served:
+        self.predictor.__enter__()
+        app = make_app(BackendSettings(self.predictor.model_version), self.predictor)
+        self.client = TestClient(app)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.predictor.__exit__(*exc)
+
+    def predict(self, urls: list[str], config: str = LABEL_CONFIG) -> list:
+        tasks = [{"id": i + 1, "data": {"image": url}} for i, url in enumerate(urls)]
+        body = {"tasks": tasks, "project": "1.1700000000", "label_config": config, "params": {}}
+        response = self.client.post("/predict", json=body)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == len(tasks)
+        return results
+
+
+def _local(rel: str) -> str:
+    return LOCAL_FILES + rel
+
+
+def _text(result: dict) -> str:
+    return result["result"][0]["value"]["text"][0]
+
+
+def test_predict_drafts_scores_and_stores_each_task_in_order(
+    store, checkpoint, root, tmp_path, caplog
+):
+    urls = [
+        _local("photos/p1.jpg"),
+        _local("photos/broken.jpg"),
+        _local("photos/p0.jpg"),
+        _local("../outside.jpg"),
+        _local("photos/nothing-here.jpg"),
+        _local("photos/copy_of_p0.jpg"),
+        "ftp://example.com/x.jpg",
+    ]
+    plain_image(root.parent, "outside.jpg")
+    with Served(store, checkpoint, root, tmp_path) as served:
+        results = served.predict(urls)
+        version = served.predictor.model_version
+    good = [0, 2, 5]
+    assert [i for i, r in enumerate(results) if r] == good
+    for i in good:
+        prediction = results[i]
+        assert prediction["model_version"] == version
+        assert 0.0 <= prediction["score"] <= 1.0
+        assert prediction["result"][0]["from_name"] == "caption"
+        assert prediction["result"][0]["to_name"] == "image"
+        assert prediction["result"][0]["type"] == "textarea"
+        assert _text(prediction)
+    assert _text(results[2]) == _text(results[5])  # one content, one draft
+    for reason in (
+        "outside the document root",
+        "no such file",
+        "not a Label Studio or web URL",
+        "broken.jpg",
+    ):
+        assert reason in caplog.text
+    with store.session() as session:
+        datasets = session.execute(select(Dataset.name, Dataset.root)).all()
+        assert datasets == [("label-studio", str(root))]
+        images = dict(session.execute(select(Image.path, Image.status)).all())
+        assert images == {
+            "photos/p1.jpg": "ok",
+            "photos/p0.jpg": "ok",
+            "photos/copy_of_p0.jpg": "ok",
+            "photos/broken.jpg": "unsupported",
+        }
+        best = dict(
+            session.execute(
+                select(Image.path, Caption.text)
+                .join(Caption, Caption.image_id == Image.id)
+                .where(Caption.rank == 0)
+            ).all()
+        )
+        scores = dict(
+            session.execute(
+                select(Image.path, Caption.p_accept)
+                .join(Caption, Caption.image_id == Image.id)
+                .where(Caption.rank == 0)
+            ).all()
+        )
+    assert best == {
+        "photos/p1.jpg": _text(results[0]),
+        "photos/p0.jpg": _text(results[2]),
+        "photos/copy_of_p0.jpg": _text(results[5]),
+    }
+    assert scores["photos/p1.jpg"] == pytest.approx(results[0]["score"])
+
+
+def test_drafts_the_caption_job_made_are_served_without_the_model(
+    store, checkpoint, root, tmp_path
+):
+    scan(store, [root / "photos"], dataset="mine", workers=0)
+    captioner = ShowTellCaptioner.from_checkpoint(checkpoint, device="cpu")
+    settings = captioner.decoding or DecodeSettings()
+    caption_images(store, captioner, settings=settings, procs=0, workers=0)
+    with store.session() as session:
+        made = dict(
+            session.execute(
+                select(Image.path, Caption.text)
+                .join(Caption, Caption.image_id == Image.id)
+                .where(Caption.rank == 0)
+            ).all()
+        )
+        drafts = session.scalar(select(func.count()).select_from(Caption))
+    with Served(store, checkpoint, root, tmp_path) as served:
+        results = served.predict([_local("photos/p0.jpg"), _local("photos/p2.jpg")])
+        assert served.predictor.counts["captioned"] == 0
+    assert [_text(r) for r in results] == [made["p0.jpg"], made["p2.jpg"]]
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Caption)) == drafts
+        names = session.scalars(select(Dataset.name)).all()
+    assert names == ["mine"]  # the images were found in the scanned dataset, not registered anew
+
+
+def test_a_second_predict_reuses_the_stored_drafts(store, checkpoint, root, tmp_path):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        first = served.predict([_local("photos/p1.jpg"), _local("photos/p2.jpg")])
+        captioned = served.predictor.counts["captioned"]
+        second = served.predict([_local("photos/p2.jpg"), _local("photos/p1.jpg")])
+        assert served.predictor.counts["captioned"] == captioned == 2
+    assert [_text(r) for r in second] == [_text(first[1]), _text(first[0])]
+    assert [r["score"] for r in second] == [first[1]["score"], first[0]["score"]]
+
+
+def test_a_symbolic_link_out_of_the_document_root_is_refused(
+    store, checkpoint, root, tmp_path, caplog
+):
+    secret = noisy_image(tmp_path, "secret.jpg", seed=9)
+    (root / "photos" / "link.jpg").symlink_to(secret)
+    with Served(store, checkpoint, root, tmp_path) as served:
+        assert served.predict([_local("photos/link.jpg")]) == [[]]
+    assert "outside the document root" in caplog.text
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 0
+
+
+def test_the_config_names_go_into_the_result(store, checkpoint, root, tmp_path):
+    config = (
+        '<View><Image name="pic" value="$url"/><Text name="t" value="$x"/>'
+        '<TextArea name="words" toName="pic"/></View>'
+    )
+    with Served(store, checkpoint, root, tmp_path) as served:
+        body = {
+            "tasks": [{"id": 7, "data": {"url": _local("photos/p1.jpg")}}],
+            "label_config": config,
+        }
+        result = served.client.post("/predict", json=body).json()["results"][0]
+    assert result["result"][0]["from_name"] == "words"
+    assert result["result"][0]["to_name"] == "pic"
+
+
+def test_predict_with_a_config_lacking_a_textarea_is_a_400(store, checkpoint, root, tmp_path):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        body = {"tasks": [], "label_config": '<View><Image name="i" value="$image"/></View>'}
+        response = served.client.post("/predict", json=body)
+    assert response.status_code == 400
+    assert "TextArea" in response.json()["error"]
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; answers 401 without the right token, as Label Studio does."""
+
+    token = "ls-key"
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        _Files.seen.append(self.headers.get("Authorization"))
+        given = self.headers.get("Authorization")
+        if self.path.startswith("/data/") and given != f"Token {self.token}":
+            self.send_error(401)
+            return
+        self.path = self.path.removeprefix("/data")
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    served = tmp_path / "served"
+    (served / "upload" / "3").mkdir(parents=True)
+    noisy_image(served / "upload" / "3", "abc-photo.jpg", seed=5)
+    handler = lambda *a, **k: _Files(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Files.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_uploaded_images_are_downloaded_with_the_key_and_registered(
+    store, checkpoint, root, tmp_path, file_server
+):
+    with Served(
+        store, checkpoint, root, tmp_path, label_studio_url=file_server, api_key="ls-key"
+    ) as served:
+        results = served.predict(
+            ["/data/upload/3/abc-photo.jpg", f"{file_server}/upload/3/abc-photo.jpg"]
+        )
+    assert results[0] and results[1] and _text(results[0]) == _text(results[1])
+    assert _Files.seen == ["Token ls-key", "Token ls-key"]  # its own origin: the key goes too
+    kept = tmp_path / "downloads" / "data" / "upload" / "3" / "abc-photo.jpg"
+    assert kept.is_file()
+    with store.session() as session:
+        rows = session.execute(select(Dataset.name, Image.path).join(Image)).all()
+    host = file_server.removeprefix("http://")
+    assert sorted(rows) == [
+        ("label-studio-downloads", f"{host}/upload/3/abc-photo.jpg"),
+        ("label-studio-downloads", "data/upload/3/abc-photo.jpg"),
+    ]
+
+
+def test_a_failed_download_is_that_task_alone(
+    store, checkpoint, root, tmp_path, file_server, caplog
+):
+    with Served(
+        store, checkpoint, root, tmp_path, label_studio_url=file_server, api_key="wrong"
+    ) as served:
+        results = served.predict(["/data/upload/3/abc-photo.jpg", _local("photos/p1.jpg")])
+    assert results[0] == [] and results[1]
+    assert "401" in caplog.text
+
+
+# --- the webhook ------------------------------------------------------------------------------
+
+
+def _event(
+    action: str,
+    annotation_id: int,
+    *,
+    url: str,
+    text: str | None,
+    shown: str | None,
+    cancelled: bool = False,
+    updated: str = "2026-12-01T10:00:00.000000Z",
+) -> dict:
+    result = (
+        []
+        if text is None
+        else [
+            {
+                "from_name": "caption",
+                "to_name": "image",
+                "type": "textarea",
+                "value": {"text": [text]},
+            }
+        ]
+    )
+    prediction = (
+        {}
+        if shown is None
+        else {
+            "result": [
+                {
+                    "from_name": "caption",
+                    "to_name": "image",
+                    "type": "textarea",
+                    "value": {"text": [shown]},
+                }
+            ],
+            "model_version": "v",
+            "score": 0.5,
+        }
+    )
+    return {
+        "action": action,
+        "annotation": {
+            "id": annotation_id,
+            "result": result,
+            "was_cancelled": cancelled,
+            "completed_by": 4,
+            "created_at": "2026-12-01T09:00:00.000000Z",
+            "updated_at": updated,
+            "prediction": prediction,
+            "task": 11,
+        },
+        "task": {"id": 11, "data": {"image": url}},
+        "project": {"id": 1, "label_config": LABEL_CONFIG},
+    }
+
+
+def _reviews(store) -> list[tuple]:
+    with store.session() as session:
+        return session.execute(
+            select(Image.path, Review.outcome, Review.text, Review.reviewer, Review.external_id)
+            .join(Image, Image.id == Review.image_id)
+            .order_by(Review.external_id)
+        ).all()
+
+
+def test_annotation_events_become_reviews(store, checkpoint, root, tmp_path):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        results = served.predict(
+            [_local("photos/p0.jpg"), _local("photos/p1.jpg"), _local("photos/p2.jpg")]
+        )
+        shown = [_text(r) for r in results]
+        hook = served.client.post
+        accept = _event(
+            "ANNOTATION_CREATED", 1, url=_local("photos/p0.jpg"), text=shown[0], shown=shown[0]
+        )
+        edit = _event(
+            "ANNOTATION_CREATED",
+            2,
+            url=_local("photos/p1.jpg"),
+            text="a new caption",
+            shown=shown[1],
+        )
+        skip = _event(
+            "ANNOTATION_CREATED",
+            3,
+            url=_local("photos/p2.jpg"),
+            text=None,
+            shown=shown[2],
+            cancelled=True,
+        )
+        answers = [hook("/webhook", json=e).json() for e in (accept, edit, skip)]
+        assert [a["outcome"] for a in answers] == ["added", "added", "added"]
+        assert hook("/webhook", json=accept).json()["outcome"] == "already"  # the same again
+        stored = _reviews(store)
+        assert stored == [
+            ("photos/p0.jpg", "accepted", shown[0], "4", "label-studio:1:image:1"),
+            ("photos/p1.jpg", "edited", "a new caption", "4", "label-studio:2:image:2"),
+            ("photos/p2.jpg", "skipped", None, "4", "label-studio:3:image:3"),
+        ]
+        later = _event(
+            "ANNOTATION_UPDATED",
+            2,
+            url=_local("photos/p1.jpg"),
+            text="better still",
+            shown=shown[1],
+            updated="2026-12-02T10:00:00.000000Z",
+        )
+        assert hook("/webhook", json=later).json()["outcome"] == "updated"
+        assert hook("/webhook", json=edit).json()["outcome"] == "already"  # older: kept out
+        assert _reviews(store)[1][1:3] == ("edited", "better still")
+        gone = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 3}], "project": {"id": 1}}
+        assert hook("/webhook", json=gone).json()["outcome"] == "withdrawn"
+        assert [r[4] for r in _reviews(store)] == [
+            "label-studio:1:image:1",
+            "label-studio:2:image:2",
+        ]
+        assert hook("/webhook", json=gone).status_code == 200  # again: nothing left to withdraw
+        other = hook("/webhook", json={"action": "TASKS_CREATED", "tasks": []})
+        assert other.status_code == 200 and other.json()["outcome"] == "ignored"
+        training = hook("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        assert training.status_code == 200
+
+
+def test_an_annotation_without_a_prediction_is_judged_against_the_stored_draft(
+    store, checkpoint, root, tmp_path
+):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        draft = _text(served.predict([_local("photos/p1.jpg")])[0])
+        event = _event("ANNOTATION_CREATED", 5, url=_local("photos/p1.jpg"), text=draft, shown=None)
+        assert served.client.post("/webhook", json=event).json()["detail"] == "accepted"
+        # an image never predicted is registered first, then reviewed
+        fresh = _event(
+            "ANNOTATION_CREATED", 6, url=_local("photos/p2.jpg"), text="a caption", shown=None
+        )
+        answer = served.client.post("/webhook", json=fresh)
+    assert answer.status_code == 200, answer.text
+    assert [r[:2] for r in _reviews(store)] == [
+        ("photos/p1.jpg", "accepted"),
+        ("photos/p2.jpg", "edited"),
+    ]
+
+
+def test_an_event_for_an_unknown_image_is_refused_and_stores_nothing(
+    store, checkpoint, root, tmp_path
+):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        event = _event(
+            "ANNOTATION_CREATED", 7, url=_local("photos/missing.jpg"), text="x", shown="y"
+        )
+        answer = served.client.post("/webhook", json=event)
+    assert answer.status_code == 422
+    assert "missing.jpg" in answer.json()["error"]
+    assert _reviews(store) == []
+
+
+def test_label_studio_basic_auth_carries_the_api_key(store, checkpoint, root, tmp_path):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        app = make_app(
+            BackendSettings(served.predictor.model_version, api_key="s3cret"), served.predictor
+        )
+        client = TestClient(app)
+        good = base64.b64encode(b"labelstudio:s3cret").decode()
+        bad = base64.b64encode(b"labelstudio:nope").decode()
+        assert client.get("/health", headers={"Authorization": f"Basic {good}"}).status_code == 200
+        assert client.get("/health", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+        assert client.get("/health", headers={"Authorization": "Basic !!"}).status_code == 401
+        body = json.dumps({"action": "TASKS_CREATED"})
+        assert client.post("/webhook", content=body).status_code == 401
