@@ -226,8 +226,16 @@ class _Files(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         _Files.seen.append(self.headers.get("Authorization"))
         given = self.headers.get("Authorization")
-        if self.path.startswith("/data/") and given != f"Token {self.token}":
+        if self.path.startswith(("/data/", "/api/")) and given != f"Token {self.token}":
             self.send_error(401)
+            return
+        if self.path == "/api/users/4/":  # Label Studio's user API
+            body = json.dumps({"id": 4, "email": "ana@example.com"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         self.path = self.path.removeprefix("/data")
         super().do_GET()
@@ -454,3 +462,17 @@ def test_label_studio_basic_auth_carries_the_api_key(store, checkpoint, root, tm
         assert client.get("/health", headers={"Authorization": "Basic !!"}).status_code == 401
         body = json.dumps({"action": "TASKS_CREATED"})
         assert client.post("/webhook", content=body).status_code == 401
+
+
+def test_the_reviewer_is_the_annotators_email_when_label_studio_says(
+    store, checkpoint, root, tmp_path, file_server
+):
+    with Served(store, checkpoint, root, tmp_path, label_studio_url=file_server,
+                api_key="ls-key") as served:  # fmt: skip
+        shown = _text(served.predict([_local("photos/p1.jpg")])[0])
+        for number in (8, 9):  # the second asks nobody: the answer is remembered
+            event = _event("ANNOTATION_CREATED", number, url=_local("photos/p1.jpg"),
+                           text=shown, shown=shown)  # fmt: skip
+            assert served.client.post("/webhook", json=event).status_code == 200
+    assert [r[3] for r in _reviews(store)] == ["ana@example.com", "ana@example.com"]
+    assert _Files.seen.count("Token ls-key") == 1

@@ -7,8 +7,9 @@ Label Studio review, exactly as importing an export holding that annotation woul
 - skipped when the annotation was cancelled; rejected when its caption was emptied; accepted
   when its caption is the text the annotator was shown (the task's `draft_caption` when the
   task came from `labeler export`, else the prediction's text), edited otherwise;
-- the reviewer is the annotator (Label Studio's user id, as its exports give it), the time the
-  annotation's update time;
+- the reviewer is the annotator: the user's e-mail, asked of Label Studio when serve knows its
+  URL and a key (LABEL_STUDIO_URL, or what /setup sent), else the user id the event carries; the
+  time is the annotation's update time;
 - matched to the image as an import matches a record: by labeler's own task fields when the
   task came from an export, else by the file its image URL names (task_images.py; a file under
   the document root not yet in the store is registered first), else by content hash;
@@ -22,6 +23,7 @@ reason, and the store is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -32,7 +34,7 @@ from typing import Any
 from labeler.errors import FormatError, InputError
 from labeler.formats import labelstudio as ls
 from labeler.review.importer import import_records
-from labeler.review.task_images import Missed, Place, Sources, image_value, place
+from labeler.review.task_images import Missed, Place, Sources, annotator, image_value, place
 from labeler.store import Store
 from labeler.store import reviews as review_store
 
@@ -112,6 +114,8 @@ def _save(store, action, event, body, sources, register) -> EventResult:  # type
     record = ls.review_from_task(where, item, control=names.text_area)
     if record is None:  # an annotation with nothing in it at all
         return EventResult(action, "ignored", "nothing to store")
+    if record.reviewer is not None:
+        record = dataclasses.replace(record, reviewer=annotator(record.reviewer, sources))
     digest = hashlib.sha256(body).hexdigest()
     result = import_records(store, [record], source="label-studio webhook", digest=digest)
     outcome = "added" if result.added else "updated" if result.updated else "already"

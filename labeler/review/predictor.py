@@ -282,8 +282,14 @@ class Predictor:
         return answers
 
     def _caption(self, todo: list[caption_store.Work]) -> tuple[list[Any], list[Any]]:
-        """The drafts of each content that decoded, as draft rows, and the decoding failures."""
-        chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        """The drafts of each content that decoded, as draft rows, and the decoding failures.
+        The contents are split into batches of at most `batch_size`, as many as a multiple of
+        the model processes, of even sizes, so that the processes finish together."""
+        models = max(1, getattr(self._engine, "models", 1))
+        count = -(-len(todo) // self.batch_size)
+        count = min(len(todo), -(-count // models) * models)
+        size = -(-len(todo) // count) if count else 1
+        chunks = [todo[s : s + size] for s in range(0, len(todo), size)]
         jobs = [(chunk, self._engine.submit([w.paths for w in chunk])) for chunk in chunks]
         results, failures = [], []
         for chunk, job in jobs:

@@ -16,6 +16,9 @@ Downloads land in the download folder under a path derived from the URL (never c
 it), written whole (labeler.atomic), and are reused when already there: uploads have unique
 names, and a served file is registered by its content hash anyway. Every refusal is a `Missed`
 with a one-line reason for that task alone.
+
+The one other call serve makes to Label Studio names an annotator: the user's e-mail for the id
+an annotation event carries (`annotator`), asked once per user and remembered.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from labeler.atomic import atomic_binary
-from labeler.errors import InputError
+from labeler.errors import FormatError, InputError
 from labeler.formats.labelstudio import LOCAL_FILES
+from labeler.formats.streams import parse_json
 
 DOWNLOAD_TIMEOUT_S = 30.0
+USER_TIMEOUT_S = 0.4  # the webhook that asks has 1 s to answer Label Studio
 MAX_DOWNLOAD = 256 << 20  # bytes: a larger answer is not an image this tool decodes
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 
@@ -226,3 +231,26 @@ def _shown(url: str, sources: Sources) -> str:
         return url
     parsed = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))
+
+
+_annotators: dict[tuple[str, str], str] = {}  # (Label Studio URL, user id) -> e-mail
+
+
+def annotator(user_id: str, sources: Sources) -> str:
+    """The e-mail of Label Studio's user `user_id`, when the server and key are known and it
+    answers at once; else the id as given."""
+    if sources.label_studio_url is None or not sources.api_key or not user_id.isdigit():
+        return user_id
+    key = (sources.label_studio_url, user_id)
+    if key not in _annotators:
+        url = f"{sources.label_studio_url}/api/users/{user_id}/"
+        headers = {"Authorization": f"Token {sources.api_key}", "Accept": "application/json"}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                        timeout=USER_TIMEOUT_S) as answer:  # fmt: skip
+                user = parse_json(answer.read(1 << 20).decode("utf-8"), url)
+        except (urllib.error.URLError, OSError, ValueError, FormatError):
+            return user_id  # asked again next time
+        email = user.get("email") if isinstance(user, dict) else None
+        _annotators[key] = email if isinstance(email, str) and email.strip() else user_id
+    return _annotators[key]
