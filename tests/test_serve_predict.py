@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,12 @@ def checkpoint(tmp_path) -> Path:
 
 
 class Served:
-    def __init__(self, store, checkpoint, root, tmp_path, **sources) -> None:
+    def __init__(self, store, checkpoint, root, tmp_path, within=None, **sources) -> None:
         self.captioner = ShowTellCaptioner.from_checkpoint(checkpoint, device="cpu")
         self.settings = self.captioner.decoding or DecodeSettings()
         places = Sources(document_root=root, download_dir=tmp_path / "downloads", **sources)
-        self.predictor = Predictor(store, self.captioner, self.settings, places, procs=0)
+        self.predictor = Predictor(store, self.captioner, self.settings, places, procs=0,
+                                   answer_within_s=within)  # fmt: skip
         self.store = store
 
     def __enter__(self) -> Served:
@@ -180,6 +182,22 @@ def test_a_second_predict_reuses_the_stored_drafts(store, checkpoint, root, tmp_
         assert served.predictor.counts["captioned"] == captioned == 2
     assert [_text(r) for r in second] == [_text(first[1]), _text(first[0])]
     assert [r["score"] for r in second] == [first[1]["score"], first[0]["score"]]
+
+
+def test_what_is_not_drafted_in_time_is_answered_empty_and_stored_for_the_next_request(
+    store, checkpoint, root, tmp_path, caplog
+):
+    urls = [_local("photos/p0.jpg"), _local("photos/p1.jpg"), _local("photos/p2.jpg")]
+    with Served(store, checkpoint, root, tmp_path, within=0.0) as served:
+        assert served.predict(urls) == [[], [], []]  # answered at once, the model still going
+        assert "still being captioned" in caplog.text
+        deadline = time.monotonic() + 60
+        while served.predictor.counts["captioned"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served.predictor.counts["captioned"] == 3
+        again = served.predict(urls)
+        assert served.predictor.counts["captioned"] == 3  # from the store, not the model
+    assert all(again) and len({_text(r) for r in again}) >= 1
 
 
 def test_a_symbolic_link_out_of_the_document_root_is_refused(

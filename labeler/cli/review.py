@@ -413,6 +413,13 @@ def serve_cli(
         ),
     ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    answer_within: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a /predict may take (Label Studio waits 100): tasks not drafted by "
+            "then get no prediction now and are drafted for the next request."
+        ),
+    ] = 80.0,  # fmt: skip
 ) -> None:
     """Serve the model to Label Studio as an ML backend (needs the serve extra).
 
@@ -433,6 +440,8 @@ def serve_cli(
     from labeler.review.predictor import Predictor
     from labeler.review.task_images import Sources
 
+    if answer_within <= 0:
+        raise InputError("--answer-within must be more than 0 seconds")
     if document_root is not None and not document_root.is_dir():
         raise InputError(f"--document-root {document_root}: no such folder")
     if label_studio_url is not None and not label_studio_url.startswith(("http://", "https://")):
@@ -455,7 +464,7 @@ def serve_cli(
     )  # fmt: skip
     predictor = Predictor(
         open_store_for(db), captioner, decoding, sources, dataset=dataset, procs=procs,
-        batch_size=batch_size,
+        batch_size=batch_size, answer_within_s=answer_within,
     )  # fmt: skip
     settings = BackendSettings(model_version=predictor.model_version, api_key=api_key or None)
     console.print(f"Serving {settings.model_version} on http://{host}:{port} (connect it in "

@@ -11,6 +11,12 @@ processes that decode their own batches), and their drafts, scored by the calibr
 in the write (p_accept), are written with the claims dropped in one transaction. A content
 another worker holds is captioned for the answer and left to that worker to store.
 
+The model works in a thread of its own, each batch stored as soon as it is done. Label Studio
+waits 100 s for an answer and then throws all of it away, and "Retrieve predictions" sends a
+whole selection in one request: so a request is answered after `answer_within_s` (80 s) with
+what is stored by then, the rest answered empty while the thread goes on; Label Studio's next
+retrieval asks only for tasks without a prediction, and finds them in the store.
+
 A task whose image cannot be placed, downloaded, read or decoded gets an answer with no text
 and the reason, logged by the caller; the others in the batch are answered as usual. The
 backend holds one caption run in the store for as long as it serves (`serve` as its engine in
@@ -20,12 +26,13 @@ the run's timings), finished when it stops and marked abandoned if it dies.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,25 @@ from labeler.store import captions as caption_store
 from labeler.store import images as image_store
 from labeler.store.models import utcnow
 
+log = logging.getLogger(__name__)
+
 LEASE = dt.timedelta(seconds=120)  # a claim outlives a dead backend this long at most
+# Label Studio waits 100 s for /predict and then throws the whole answer away: what the model
+# has not drafted by this time is answered empty, and stored when done for the next request.
+ANSWER_WITHIN_S = 80.0
+
+
+@dataclass
+class _Captioning:
+    """One request's contents on their way through the model, shared with its thread."""
+
+    todo: list[caption_store.Work]
+    held: set[str]  # claimed by this backend and not yet stored
+    theirs: dict[str, tuple[str, float]] = field(default_factory=dict)  # held by another worker
+    why: dict[int, str] = field(default_factory=dict)  # image id -> why it failed to decode
+    done: bool = False
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,7 @@ class Predictor:
         self, store: Store, captioner, settings: DecodeSettings, sources: Sources, *,  # type: ignore[no-untyped-def]
         dataset: str = "label-studio", procs: int | None = None, batch_size: int = 16,
         max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+        answer_within_s: float | None = ANSWER_WITHIN_S,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise InputError("batch size must be at least 1")
@@ -76,6 +102,7 @@ class Predictor:
         self.key = settings.key()
         self.model_version = model_version(captioner, settings)
         self.procs, self.batch_size, self.max_pixels = procs, batch_size, max_pixels
+        self.answer_within_s = answer_within_s  # None: wait for every draft
         self.roots = {dataset: sources.document_root, f"{dataset}-downloads": sources.download_dir}
         self.holder = holders.me()
         self.worker = f"{self.holder.host}:{self.holder.pid}:serve:{uuid.uuid4().hex[:8]}"
@@ -227,7 +254,9 @@ class Predictor:
         raise AssertionError(f"{raw!r} is under neither the document root nor the download folder")
 
     def _drafts(self, ok: dict[int, tuple[int, str]]) -> dict[int, Answer]:
-        """Answers for registered images: stored drafts, copies, or the model's."""
+        """Answers for registered images: stored drafts, copies, or the model's, each batch
+        written as it is done; what is not done within `answer_within_s` is answered empty
+        and stored when done, for the next request."""
         if not ok:
             return {}
         ids = {"model_id": self.model_id, "settings_key": self.key}
@@ -244,32 +273,19 @@ class Predictor:
                 holder=self.holder, run_id=self.run_id, now=utcnow(), lease=LEASE,
             ))  # fmt: skip
         self.counts["copied"] += len(served)
-        try:
-            results, failures = self._caption(todo)
-            with self.store.write() as session:
-                scoring = self._scoring(session)
-                mine = [(w, rows) for w, rows in results if w.content_hash in held]
-                now = utcnow()
-                caption_store.save_drafts(
-                    session, **ids, run_id=self.run_id, results=mine, now=now, scoring=scoring
-                )
-                caption_store.fail_images(session, failures, now)
-                caption_store.release(session, **ids, hashes=sorted(held), worker=self.worker)
-                best = caption_store.best_drafts(
-                    session, **ids, image_ids=[image_id for image_id, _ in ok.values()]
-                )
-            held = set()
-        finally:
-            if held:  # the model or the store failed: give the claims back at once
-                with self.store.write() as session:
-                    caption_store.release(session, **ids, hashes=sorted(held), worker=self.worker)
-        self.counts["captioned"] += len(mine)
-        theirs = {}  # contents another worker stores: answered from this model's own drafts
-        for w, rows in results:
-            if w.content_hash not in {m.content_hash for m, _ in mine}:
-                scoring.score(rows[:1])
-                theirs[w.content_hash] = (rows[0]["text"], rows[0]["p_accept"])
-        why = {image_id: f"{status}: {reason}" for image_id, status, reason in failures}
+        batch = _Captioning(todo, held)
+        if todo:
+            worker = threading.Thread(target=self._caption, args=(batch,), daemon=True)
+            worker.start()
+            worker.join(self.answer_within_s)
+        with batch.lock:
+            theirs, why, done, error = dict(batch.theirs), dict(batch.why), batch.done, batch.error
+        with self.store.session() as session:
+            best = caption_store.best_drafts(
+                session, **ids, image_ids=[image_id for image_id, _ in ok.values()]
+            )
+        late = "still being captioned: retrieve its prediction again in a while"
+        left = f"the model failed: {error}" if error else late if not done else "no draft made"
         answers = {}
         for i, (image_id, content_hash) in ok.items():
             if image_id in best:
@@ -278,31 +294,70 @@ class Predictor:
             elif content_hash in theirs:
                 answers[i] = Answer(*theirs[content_hash])
             else:
-                answers[i] = Answer(None, reason=why.get(image_id, "no draft could be made"))
+                answers[i] = Answer(None, reason=why.get(image_id, left))
         return answers
 
-    def _caption(self, todo: list[caption_store.Work]) -> tuple[list[Any], list[Any]]:
-        """The drafts of each content that decoded, as draft rows, and the decoding failures.
+    def _caption(self, batch: _Captioning) -> None:
+        """In a thread of its own: caption the contents and store each batch as it is done.
         The contents are split into batches of at most `batch_size`, as many as a multiple of
         the model processes, of even sizes, so that the processes finish together."""
-        models = max(1, getattr(self._engine, "models", 1))
-        count = -(-len(todo) // self.batch_size)
-        count = min(len(todo), -(-count // models) * models)
-        size = -(-len(todo) // count) if count else 1
-        chunks = [todo[s : s + size] for s in range(0, len(todo), size)]
-        jobs = [(chunk, self._engine.submit([w.paths for w in chunk])) for chunk in chunks]
-        results, failures = [], []
-        for chunk, job in jobs:
-            if isinstance(self._engine, engines.LocalEngine):
-                with self._model_lock:
+        ids = {"model_id": self.model_id, "settings_key": self.key}
+        todo = batch.todo
+        try:
+            models = max(1, getattr(self._engine, "models", 1))
+            count = -(-len(todo) // self.batch_size)
+            count = min(len(todo), -(-count // models) * models)
+            size = -(-len(todo) // count)
+            chunks = [todo[s : s + size] for s in range(0, len(todo), size)]
+            jobs = [(chunk, self._engine.submit([w.paths for w in chunk])) for chunk in chunks]
+            for chunk, job in jobs:
+                if isinstance(self._engine, engines.LocalEngine):
+                    with self._model_lock:
+                        outcome = job.result()
+                else:
                     outcome = job.result()
-            else:
-                outcome = job.result()
-            for work, decoded, drafts in zip(chunk, outcome.decoded, outcome.drafts, strict=True):
-                failures += decoded.failures(work)
-                if drafts is not None:
-                    results.append((work, draft_rows(drafts)))
-        return results, failures
+                self._store(batch, chunk, outcome, ids)
+        except Exception as exc:  # answered as the reason, and logged with its traceback
+            log.exception("captioning for /predict failed")
+            with batch.lock:
+                batch.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with batch.lock:
+                batch.done = True
+            if batch.held:  # not stored: give the claims back at once
+                with self.store.write() as session:
+                    caption_store.release(
+                        session, **ids, hashes=sorted(batch.held), worker=self.worker
+                    )
+
+    def _store(self, batch: _Captioning, chunk, outcome, ids) -> None:  # type: ignore[no-untyped-def]
+        results, failures = [], []
+        for work, decoded, drafts in zip(chunk, outcome.decoded, outcome.drafts, strict=True):
+            failures += decoded.failures(work)
+            if drafts is not None:
+                results.append((work, draft_rows(drafts)))
+        hashes = [w.content_hash for w in chunk if w.content_hash in batch.held]
+        with self.store.write() as session:
+            scoring = self._scoring(session)
+            mine = [(w, rows) for w, rows in results if w.content_hash in batch.held]
+            now = utcnow()
+            caption_store.save_drafts(
+                session, **ids, run_id=self.run_id, results=mine, now=now, scoring=scoring
+            )
+            caption_store.fail_images(session, failures, now)
+            caption_store.release(session, **ids, hashes=hashes, worker=self.worker)
+        theirs = {}  # contents another worker stores: answered from this model's own drafts
+        for work, rows in results:
+            if work.content_hash not in batch.held:
+                scoring.score(rows[:1])
+                theirs[work.content_hash] = (rows[0]["text"], rows[0]["p_accept"])
+        with batch.lock:
+            batch.held.difference_update(hashes)
+            batch.theirs.update(theirs)
+            batch.why.update(
+                {image_id: f"{status}: {reason}" for image_id, status, reason in failures}
+            )
+            self.counts["captioned"] += len(mine)
 
     def _scoring(self, session) -> calibrators.Scoring:  # type: ignore[no-untyped-def]
         calibrators.lock_model(session, self.model_id, exclusive=False)
