@@ -77,6 +77,12 @@ def serve(
 ) -> None:
     """Run the app until interrupted, the predictor's engine and run started first (model
     processes load the model before the first request) and stopped last."""
+    ours = logging.getLogger("labeler")
+    if not ours.handlers:  # a reason for every task left without a prediction, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
     with predictor:
         uvicorn.run(make_app(settings, predictor), host=host, port=port, log_level="info")
 
