@@ -298,14 +298,16 @@ def _row(dataset_id: int, rel: bytes, probe: probing.Probe, now: Any) -> tuple[A
 
 
 def record_files(
-    session, dataset_id: int, root: bytes, rels: Sequence[bytes], *,  # type: ignore[no-untyped-def]
+    store: Store, dataset_id: int, root: bytes, rels: Sequence[bytes], *,
     max_pixels: int = decode.DEFAULT_MAX_PIXELS,
 ) -> dict[bytes, tuple[image_store.KnownImage, str]]:  # fmt: skip
     """Register these files of one dataset now, as a scan does (a file is read only when new
-    or changed since its row was written; a changed content's drafts go stale): the stored
-    state of each afterwards, with the reason a file read now is not ok ("" otherwise)."""
-    known = image_store.known_images(session, dataset_id, rels)
-    now = image_store.driver_time(session.get_bind().dialect.name, utcnow())
+    or changed since its row was written, outside any transaction; a changed content's drafts
+    go stale): the stored state of each afterwards, with the reason a file read now is not ok
+    ("" otherwise)."""
+    with store.session() as session:
+        known = image_store.known_images(session, dataset_id, rels)
+    now = image_store.driver_time(store.engine.dialect.name, utcnow())
     rows, changed, reasons = [], [], {}
     for rel in dict.fromkeys(rels):
         state = known.get(rel)
@@ -321,9 +323,10 @@ def record_files(
         if state is not None and state.content_hash not in (None, probe.sha256):
             changed.append(state.id)
         rows.append(_row(dataset_id, rel, probe, now))
-    image_store.upsert_images(session, rows)
-    image_store.mark_stale(session, changed)
-    stored = image_store.known_images(session, dataset_id, rels)
+    with store.write() as session:
+        image_store.upsert_images(session, rows)
+        image_store.mark_stale(session, changed)
+        stored = image_store.known_images(session, dataset_id, rels)
     return {rel: (state, reasons.get(rel, "")) for rel, state in stored.items()}
 
 

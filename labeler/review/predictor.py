@@ -225,18 +225,18 @@ class Predictor:
                 dataset_id = self._dataset_for(session, raw, roots)
                 rel = os.path.relpath(raw, roots[dataset_id])
                 grouped.setdefault(dataset_id, []).append((i, rel))
-            for dataset_id, items in grouped.items():
-                rels = [rel for _, rel in items]
-                stored = record_files(
-                    session, dataset_id, roots[dataset_id], rels, max_pixels=self.max_pixels
-                )
-                for i, rel in items:
-                    state, reason = stored[rel]
-                    if state.status == "ok" and state.content_hash:
-                        out[i] = (state.id, state.content_hash)
-                    else:
-                        why = f"{state.status}: {reason}" if reason else state.status
-                        out[i] = Missed(f"{display(rel)}: {why}")
+        for dataset_id, items in grouped.items():  # files read outside any transaction
+            rels = [rel for _, rel in items]
+            stored = record_files(
+                self.store, dataset_id, roots[dataset_id], rels, max_pixels=self.max_pixels
+            )
+            for i, rel in items:
+                state, reason = stored[rel]
+                if state.status == "ok" and state.content_hash:
+                    out[i] = (state.id, state.content_hash)
+                else:
+                    why = f"{state.status}: {reason}" if reason else state.status
+                    out[i] = Missed(f"{display(rel)}: {why}")
         return out
 
     def _dataset_for(self, session, raw: bytes, roots: dict[int, bytes]) -> int:  # type: ignore[no-untyped-def]
