@@ -126,26 +126,20 @@ def test_predict_drafts_scores_and_stores_each_task_in_order(
             "photos/copy_of_p0.jpg": "ok",
             "photos/broken.jpg": "unsupported",
         }
-        best = dict(
-            session.execute(
-                select(Image.path, Caption.text)
-                .join(Caption, Caption.image_id == Image.id)
-                .where(Caption.rank == 0)
-            ).all()
-        )
-        scores = dict(
-            session.execute(
-                select(Image.path, Caption.p_accept)
-                .join(Caption, Caption.image_id == Image.id)
-                .where(Caption.rank == 0)
-            ).all()
-        )
+    best, scores = _best_drafts(store, Caption.text), _best_drafts(store, Caption.p_accept)
     assert best == {
         "photos/p1.jpg": _text(results[0]),
         "photos/p0.jpg": _text(results[2]),
         "photos/copy_of_p0.jpg": _text(results[5]),
     }
     assert scores["photos/p1.jpg"] == pytest.approx(results[0]["score"])
+
+
+def _best_drafts(store, column) -> dict:
+    """Image path -> `column` of its best draft."""
+    with store.session() as session:
+        query = select(Image.path, column).join(Caption, Caption.image_id == Image.id)
+        return dict(session.execute(query.where(Caption.rank == 0)).all())
 
 
 def test_drafts_the_caption_job_made_are_served_without_the_model(
@@ -155,14 +149,8 @@ def test_drafts_the_caption_job_made_are_served_without_the_model(
     captioner = ShowTellCaptioner.from_checkpoint(checkpoint, device="cpu")
     settings = captioner.decoding or DecodeSettings()
     caption_images(store, captioner, settings=settings, procs=0, workers=0)
+    made = _best_drafts(store, Caption.text)
     with store.session() as session:
-        made = dict(
-            session.execute(
-                select(Image.path, Caption.text)
-                .join(Caption, Caption.image_id == Image.id)
-                .where(Caption.rank == 0)
-            ).all()
-        )
         drafts = session.scalar(select(func.count()).select_from(Caption))
     with Served(store, checkpoint, root, tmp_path) as served:
         results = served.predict([_local("photos/p0.jpg"), _local("photos/p2.jpg")])
