@@ -22,6 +22,18 @@ in core-time per image, both measured in the same run. Then peak resident memory
 
     python benchmarks/bench_caption.py                       # 256 images, resnet50 and mobilenet
     python benchmarks/bench_caption.py --images 32 --repeat 1 --backbones mobilenet_v3_large
+
+`--ray` (needs `pip install 'labeler[ray]'`, and Ray Data for its (d)) compares instead, side by
+side on the same images and checkpoint (mobilenet by default), each without its start-up:
+  (b) `labeler caption` with the local engine, as above
+  (r) `labeler caption --engine ray` on a local Ray of this machine's cores (one actor per core)
+  (d) what the issue first asked for, Ray Data's `map_batches` over an actor pool, fed the way
+      the job claims its work, one dataset per window of `--window` images (the pool and its
+      models start again for each), and as one dataset over every image (the pool starts once)
+Goal: r/b >= 0.85. Then the Ray driver's peak resident memory on 1,000 and 10,000 images (a
+small model; the driver only: the actors are Ray's processes): goal flat (<= 1.2x).
+
+    python benchmarks/bench_caption.py --ray                 # 256 images, 1,000 and 10,000
 """
 
 from __future__ import annotations
@@ -117,7 +129,13 @@ def bare_model_per_core(model: Path, pixels, batch: int, procs: int) -> float:
 
 
 def end_to_end(
-    model: Path, folder: Path, db: Path, batch: int, workers: int | None, procs: int
+    model: Path,
+    folder: Path,
+    db: Path,
+    batch: int,
+    workers: int | None,
+    procs: int | None,
+    engine: str = "local",
 ) -> float:
     """(b): `python -m labeler caption` in its own process, on a store scanned beforehand, timed
     by the run's own record (caption_runs.timings.total_s: from the job's start, loader processes
@@ -130,7 +148,9 @@ def end_to_end(
     store.engine.dispose()
     command = [sys.executable, "-m", "labeler", "caption", "--db", str(db), "--model", str(model),
                "--beam", str(SETTINGS.beam_size), "--max-len", str(SETTINGS.max_len),
-               "--batch-size", str(batch), "--procs", str(procs)]  # fmt: skip
+               "--batch-size", str(batch), "--engine", engine]  # fmt: skip
+    if procs is not None:
+        command += ["--procs", str(procs)]
     if workers is not None:
         command += ["--workers", str(workers)]
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
@@ -193,6 +213,125 @@ def memory(tmp: Path, images: int) -> None:
           f"ratio {b / a:.2f} (goal <= 1.2)")  # fmt: skip
 
 
+class _DataActor:
+    """(d): a Ray Data actor holding one model, captioning a batch of paths (engines.py)."""
+
+    def __init__(self, spec) -> None:  # type: ignore[no-untyped-def]
+        from labeler.caption import engines
+
+        self.engines, self.spec = engines, spec
+        engines.caption_batch(spec, [], None)  # the model, loaded once per actor
+
+    def __call__(self, batch):  # type: ignore[no-untyped-def]
+        outcome = self.engines.caption_batch(self.spec, [[p] for p in batch["path"]], SETTINGS)
+        return {"text": [d.best.text if d else "" for d in outcome.drafts]}
+
+
+def ray_data(model: Path, paths: list[Path], batch: int, window: int | None) -> float:
+    """(d): images/s of Ray Data over an actor pool of one actor per core, one dataset per
+    `window` images (None: one dataset for all), the pools' start-up included: that is the
+    cost a window pays."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from labeler.caption.engines import ModelSpec
+    from labeler.model.captioner import ShowTellFile
+
+    cores = os.cpu_count() or 2
+    info = ShowTellFile.read(model, device="cpu")
+    spec = ModelSpec(str(model), info.identity, 1, False, 10**9)
+    rows = [{"path": os.fsencode(p)} for p in paths]
+    window = window or len(rows)
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        started = time.perf_counter()
+        done = 0
+        for i in range(0, len(rows), window):
+            ds = ray.data.from_items(rows[i : i + window]).map_batches(
+                _DataActor, fn_constructor_args=(spec,), batch_size=batch, num_cpus=1,
+                compute=ActorPoolStrategy(size=cores),
+            )  # fmt: skip
+            done += sum(len(b["text"]) for b in ds.iter_batches(batch_size=None))
+        return done / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+
+
+def driver_peak_rss(folder: Path, model: Path, db: Path) -> int:
+    """Peak resident memory (KiB) of a fresh driver scanning and captioning `folder` with
+    --engine ray (the actors are other processes, Ray's)."""
+    code = (
+        "import resource, sys\n"
+        f"sys.path[:0] = [{str(ROOT)!r}]\n"
+        "from labeler.caption.job import caption_images\n"
+        "from labeler.caption.ray_engine import RayOptions\n"
+        "from labeler.model.captioner import ShowTellFile\n"
+        "from labeler.model.drafts import DecodeSettings\n"
+        "from labeler.files.scan import scan\n"
+        "from labeler.store import open_store\n"
+        "if __name__ == '__main__':\n"
+        f"    store = open_store({str(db)!r})\n"
+        f"    scan(store, [{str(folder)!r}])\n"
+        f"    c = ShowTellFile.read({str(model)!r}, device='cpu')\n"
+        "    done = caption_images(store, c, settings=DecodeSettings(beam_size=3, max_len=12),\n"
+        "                          batch_size=16, ray=RayOptions())\n"
+        "    assert not done.failed, done.failed\n"
+        "    print(done.images, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    script = db.with_suffix(".py")
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1].split()[1])
+
+
+def compare_ray(args, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """(b) against (r) and (d) on the same images, interleaved; then the driver's memory."""
+    folder = tmp / "photos"
+    paths = imagefactory.write_many(folder, args.images, size=(1600, 1200))
+    print(f"{args.images} JPEGs of 1600x1200, beam 3, batch {args.batch}, {os.cpu_count()} "
+          f"cores; (b) local engine as a large run, (r) --engine ray on a local Ray, (d) Ray "
+          f"Data, one dataset per {args.window} images and one for all")  # fmt: skip
+    for backbone in args.backbones:
+        model = make_checkpoint(tmp / f"{backbone}.pt", backbone, args.vocab, args.hidden, None)
+        captioner = ShowTellCaptioner.from_checkpoint(model, device="cpu")
+        procs = auto_procs(captioner) if args.procs is None else args.procs
+        runs: dict[str, list[float]] = {"local": [], "ray": [], "data_windows": [],
+                                        "data_one": []}  # fmt: skip
+        for repeat in range(args.repeat):
+            db = tmp / f"{backbone}-{repeat}"
+            runs["local"].append(end_to_end(model, folder, db.with_suffix(".local.db"),
+                                            args.batch, None, procs))  # fmt: skip
+            runs["ray"].append(end_to_end(model, folder, db.with_suffix(".ray.db"),
+                                          args.batch, None, None, engine="ray"))  # fmt: skip
+            if not args.no_ray_data:
+                runs["data_windows"].append(ray_data(model, paths, args.batch, args.window))
+                runs["data_one"].append(ray_data(model, paths, args.batch, None))
+        b, r = max(runs["local"]), max(runs["ray"])
+        line = (f"{backbone:>20}: (b) local {b:6.2f} img/s  (r) --engine ray {r:6.2f} img/s  "
+                f"r/b {r / b:.2f} (goal >= 0.85)")  # fmt: skip
+        if runs["data_one"]:
+            per, one = max(runs["data_windows"]), max(runs["data_one"])
+            windows = -(-args.images // args.window)
+            restart = (args.images / per - args.images / one) / max(1, windows - 1)
+            line += (f"  |  (d) Ray Data per {args.window}: {per:6.2f} img/s, one dataset: "
+                     f"{one:6.2f} img/s; each new dataset costs {restart:.1f} s")  # fmt: skip
+        print(line)
+        print(" " * 22 + "every run, img/s: " + "  ".join(
+            f"({k}) " + " ".join(f"{v:.2f}" for v in vs) for k, vs in runs.items() if vs
+        ))  # fmt: skip
+    if not args.no_memory:
+        model = make_checkpoint(tmp / "small.pt", "resnet18", 2000, 128, crop=64)
+        peaks = []
+        for n in (1000, 10_000):
+            many = tmp / f"mem-{n}"
+            imagefactory.write_many(many, n, size=(64, 48))
+            peaks.append(driver_peak_rss(many, model, tmp / f"mem-{n}.db"))
+        a, b = peaks[0] / 1024, peaks[1] / 1024
+        print(f"ray driver peak RSS, 1,000 images: {a:.0f} MiB; 10,000: {b:.0f} MiB; "
+              f"ratio {b / a:.2f} (goal <= 1.2)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -205,9 +344,19 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--ray", action="store_true",
+                        help="the local engine against --engine ray and Ray Data")  # fmt: skip
+    parser.add_argument("--window", type=int, default=64,
+                        help="--ray: images per Ray Data dataset in (d)")  # fmt: skip
+    parser.add_argument("--no-ray-data", action="store_true", help="--ray: leave (d) out")
     args = parser.parse_args()
+    if args.ray and args.backbones == parser.get_default("backbones"):
+        args.backbones = ["mobilenet_v3_large"]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.ray:
+            compare_ray(args, tmp)
+            return
         folder = tmp / "photos"
         paths = imagefactory.write_many(folder, args.images, size=(1600, 1200))
         print(f"{args.images} JPEGs of 1600x1200, beam 3, batch {args.batch}, "

@@ -10,7 +10,8 @@ max length 20, each with its default batch size and model processes, each on a f
 Both stores are scanned beforehand, as (b) needs; /predict on images the store has never seen
 (registered, hashed, by the request itself) is measured too. Goal: s/b >= 0.8. Then the
 latency of one task with the model warm, p50 and p95 over `--latency` requests: a new image
-(the model runs) and an image already drafted (the store answers). Runs are interleaved `--repeat` times and the best of each kept.
+(the model runs) and an image already drafted (the store answers). Runs are interleaved
+`--repeat` times and the best of each kept.
 
     python benchmarks/bench_serve.py                 # 100 images, 2 repeats, 20 single tasks
     python benchmarks/bench_serve.py --images 20 --repeat 1 --latency 5

@@ -97,13 +97,20 @@ class LabelerStore:
         """`labeler caption --model CHECKPOINT`: returns the CaptionResult. Decoding options
         (beam_size, max_len, min_len, length_penalty, n_best, block_repeat_ngram, block_unk)
         default to the checkpoint's; the others are caption_images' (datasets, batch_size,
-        procs, workers, limit, recaption, lease_s, progress)."""
+        procs, workers, limit, recaption, lease_s, progress), and engine="ray" with ray_address
+        and ray_actors for `--engine ray`."""
         from labeler.caption.engines import open_model
         from labeler.caption.job import caption_images
+        from labeler.caption.ray_engine import options_for
         from labeler.model.drafts import DecodeSettings
 
         decoding = _take(options, DecodeSettings)
-        captioner = open_model(model, device=device, procs=options.get("procs"))
+        options["ray"] = options_for(
+            options.pop("engine", "local"), address=options.pop("ray_address", None),
+            actors=options.pop("ray_actors", None), device=device,
+        )  # fmt: skip
+        remote = options["ray"] is not None
+        captioner = open_model(model, device=device, procs=options.get("procs"), remote=remote)
         settings = (captioner.decoding or DecodeSettings()).overridden(**decoding)
         return caption_images(self.store, captioner, settings=settings, **options)
 

@@ -179,17 +179,19 @@ class LocalEngine:
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """What a model process needs to load the captioner and decode for it."""
+class ModelSpec:
+    """What a model process (or a Ray actor, ray_engine.py) needs to load the captioner and
+    decode for it."""
 
     path: str
     identity: str
     threads: int
     channels_last: bool
     max_pixels: int
+    device: str = "cpu"  # a Ray actor given a GPU: "cuda"
 
 
-_loaded: dict[_Spec, Any] = {}  # in a model process: the captioner of the spec it was given
+_loaded: dict[ModelSpec, Any] = {}  # in a model process: the captioner of the spec it was given
 _started: threading.Barrier | None = None  # in a model process: all of them loaded
 _stopping: Any = None  # in a model process: the engine's stop event
 
@@ -200,7 +202,7 @@ def _keep_shared(barrier, stopping) -> None:  # type: ignore[no-untyped-def]
     _started, _stopping = barrier, stopping
 
 
-def _ready(spec: _Spec) -> None:
+def _ready(spec: ModelSpec) -> None:
     """Load the model, then wait for every other process to have loaded it: a process waiting
     here takes no other task, so each process runs exactly one of these."""
     assert _started is not None
@@ -212,7 +214,7 @@ def _ready(spec: _Spec) -> None:
     _started.wait(READY_TIMEOUT_S)
 
 
-def _captioner(spec: _Spec):  # type: ignore[no-untyped-def]
+def _captioner(spec: ModelSpec):  # type: ignore[no-untyped-def]
     captioner = _loaded.get(spec)
     if captioner is None:
         import torch
@@ -221,14 +223,14 @@ def _captioner(spec: _Spec):  # type: ignore[no-untyped-def]
 
         torch.set_num_threads(spec.threads)
         captioner = load_exactly(
-            spec.path, spec.identity, device="cpu", channels_last=spec.channels_last
+            spec.path, spec.identity, device=spec.device, channels_last=spec.channels_last
         )
         _loaded.clear()
         _loaded[spec] = captioner
     return captioner
 
 
-def caption_batch(spec: _Spec, tasks: Sequence[Sequence[bytes]], settings) -> Outcome:  # type: ignore[no-untyped-def]
+def caption_batch(spec: ModelSpec, tasks: Sequence[Sequence[bytes]], settings) -> Outcome:  # type: ignore[no-untyped-def]
     """In a model process: decode the batch, then caption what decoded (unless stopped)."""
     if _stopping is not None and _stopping.is_set():
         return SKIPPED
@@ -262,7 +264,7 @@ class ProcessEngine:
         if procs < 1 or not portable(captioner):
             raise ValueError("model processes need Show and Tell on a CPU, read from a file")
         threads = max(1, core_budget() // procs) if threads is None else threads
-        self.spec = _Spec(str(Path(captioner.source).resolve()), captioner.identity, threads,
+        self.spec = ModelSpec(str(Path(captioner.source).resolve()), captioner.identity, threads,
                           bool(captioner.channels_last), max_pixels)  # fmt: skip
         self.settings = settings
         self.procs = self.models = procs
@@ -337,13 +339,17 @@ def check_procs(captioner, procs: int | None) -> None:  # type: ignore[no-untype
                          "use --procs 0 (the default there)")  # fmt: skip
 
 
-def open_model(path: str | os.PathLike[str], *, device: str = "auto", procs: int | None = None):  # type: ignore[no-untyped-def]
+def open_model(path: str | os.PathLike[str], *, device: str = "auto", procs: int | None = None,
+               remote: bool = False):  # type: ignore[no-untyped-def]  # fmt: skip
     """The checkpoint at `path` as the caption job will use it with `procs` (as caption_images
     takes it): the captioner built here when the model certainly runs in this process (procs 0,
     a GPU, one core), else a ShowTellFile, only read (model processes build their own copies;
-    the local engine builds it should the run be too small for them)."""
+    the local engine builds it should the run be too small for them). `remote`: the model runs
+    on a Ray cluster (ray_engine.py), so it is only read, whatever `device` says."""
     from labeler.model.captioner import ShowTellCaptioner, ShowTellFile, pick_device
 
+    if remote:
+        return ShowTellFile.read(path, device="cpu")
     chosen = pick_device(device)
     here = procs == 0 or (procs is None and (chosen.type != "cpu" or core_budget() < 2))
     if here:

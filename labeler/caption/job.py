@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labeler.caption import engines, holders
+from labeler.caption import engines, holders, ray_engine
 from labeler.errors import InputError
 from labeler.model.drafts import DecodeSettings
 from labeler.store import Store, calibrators, locks
@@ -323,6 +323,7 @@ def caption_images(
     recaption: bool = False,
     lease_s: float = DEFAULT_LEASE_S,
     model_source: str | None = None,
+    ray: ray_engine.RayOptions | None = None,
     progress: Callable[[CaptionProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> CaptionResult:
@@ -335,14 +336,22 @@ def caption_images(
     per core on a CPU for a run of 500 images or more, else none), 0 runs the model here with
     `workers` loader processes (0: decoding inline too). `lease_s`: how long this worker's
     claims outlive it where nobody can see that it died (the module docstring).
-    `model_source`: the file recorded with the model, when not the captioner's own `source`."""
+    `model_source`: the file recorded with the model, when not the captioner's own `source`.
+    `ray`: run the model on a Ray cluster instead (ray_engine.py; `procs` and `workers` are the
+    local engines' and must be left unset)."""
     if batch_size < 1:
         raise InputError("batch size must be at least 1")
     if limit is not None and limit < 1:
         raise InputError("the limit must be at least 1 image")
     if lease_s < 1:
         raise InputError("the lease must be at least 1 second")
-    engines.check_procs(captioner, procs)
+    if ray is None:
+        engines.check_procs(captioner, procs)
+    elif procs is not None or workers is not None:
+        raise InputError("--procs and --workers are the local engine's; with --engine ray, "
+                         "--ray-actors sets how many copies of the model run")  # fmt: skip
+    else:
+        ray_engine.check(captioner, ray)
     started = time.perf_counter()
     with contextlib.closing(locks.RunSession(store.engine)) as lock:  # PostgreSQL: its lock
         scope, model_id, run = _begin(store, captioner, settings, datasets, recaption,
@@ -352,8 +361,11 @@ def caption_images(
             total, _ = caption_store.count_pending(
                 session, model_id=model_id, settings_key=settings.key(), datasets=scope
             )
-        engine = engines.engine_for(captioner, settings, procs=procs, workers=workers,
-                                    pending=total)  # fmt: skip
+        engine: Any = (
+            ray_engine.RayEngine(captioner, settings, ray) if ray is not None
+            else engines.engine_for(captioner, settings, procs=procs, workers=workers,
+                                    pending=total)
+        )  # fmt: skip
         lease = dt.timedelta(seconds=lease_s)
         state = _Run(store, settings, scope, lease, result, engine, progress, should_stop, total)
         state.model_id = model_id

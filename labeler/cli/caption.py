@@ -58,6 +58,27 @@ def caption_cli(
         ),
     ] = None,  # fmt: skip
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: this machine; ray: Ray actors on a cluster (pip install "
+            "'labeler[ray]'), one model each, on GPUs when the cluster has them."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the cluster (default: $RAY_ADDRESS, else a local "
+            "Ray on this machine)."
+        ),
+    ] = None,  # fmt: skip
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            help="With --engine ray: copies of the model (default: one per GPU of the "
+            "cluster, else one per CPU)."
+        ),
+    ] = None,  # fmt: skip
     limit: Annotated[int | None, typer.Option(help="Stop after about this many images.")] = None,
     recaption: Annotated[
         bool, typer.Option(help="Redo images that already have drafts from this model.")
@@ -83,10 +104,13 @@ def caption_cli(
     """
     from labeler.caption.engines import open_model
     from labeler.caption.job import caption_images
+    from labeler.caption.ray_engine import options_for
     from labeler.model.drafts import DecodeSettings
 
+    ray = options_for(engine, address=ray_address, actors=ray_actors, device=device)
     store = open_store_for(db)
-    captioner = open_model(model, device=device, procs=procs)  # built only if it runs here
+    # built only if it runs here
+    captioner = open_model(model, device=device, procs=procs, remote=ray is not None)
     settings = (captioner.decoding or DecodeSettings()).overridden(
         **decoding_overrides(
             beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
@@ -97,7 +121,7 @@ def caption_cli(
         result = caption_images(
             store, captioner, settings=settings, datasets=dataset, batch_size=batch_size,
             workers=workers, procs=procs, limit=limit, recaption=recaption, lease_s=lease,
-            should_stop=stop.requested, progress=_Progress(report),
+            ray=ray, should_stop=stop.requested, progress=_Progress(report),
         )  # fmt: skip
     if json_output:
         print_json(_caption_json(result))
@@ -176,6 +200,19 @@ def _caption_json(result) -> dict:  # type: ignore[no-untyped-def]
     }  # fmt: skip
 
 
+def _ray_line(timings: dict) -> str:  # type: ignore[type-arg]
+    """The Ray engine, its actors and the time per stage (decode and model summed over the
+    actors; waiting for them and writing the store, on the driver)."""
+    where = f"{timings['actors']} actor(s) on {timings['nodes']} node(s), {timings['device']}"
+    stages = ", ".join(
+        f"{name} {timings[key]:.1f} s"
+        for name, key in (("start", "start_s"), ("decode", "decode_s"), ("model", "model_s"),
+                          ("waiting for the actors", "wait_s"), ("store", "store_s"))
+        if key in timings
+    )  # fmt: skip
+    return f"Engine ray ({timings.get('address') or 'local'}): {where}; {stages}."
+
+
 def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
     rate = result.images / result.elapsed_s if result.elapsed_s else 0.0
     means = [f"{m:.3f}" if m is not None else "-"
@@ -189,6 +226,8 @@ def _render_caption(result) -> None:  # type: ignore[no-untyped-def]
     for reason, n in result.failed.most_common():
         console.print(f"  failed {n}: {reason}", markup=False)
     console.print(f"{result.elapsed_s:.1f} s, {rate:.1f} images/s")
+    if result.timings.get("engine") == "ray":
+        console.print(_ray_line(result.timings), markup=False)
     if result.waits:
         workers = ", ".join(sorted({h for w in result.waits for h in w.holders}))
         console.print(f"Waited {result.timings['waited_s']:.1f} s for {workers}.", markup=False)
