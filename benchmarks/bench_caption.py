@@ -46,6 +46,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import imagefactory  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -285,6 +287,46 @@ def driver_peak_rss(folder: Path, model: Path, db: Path) -> int:
     return int(done.stdout.strip().splitlines()[-1].split()[1])
 
 
+class CoreSeconds(threading.Thread):
+    """CPU time (user + system, in core-seconds) of this machine's processes while a run goes,
+    by kind: Ray's own (raylet, GCS, agents, monitors, idle workers), the model's (Ray actors,
+    or the local engine's model processes) and the driver (the `labeler caption` process).
+    Sampled every 0.2 s, each process's last reading kept (a process's CPU time only grows)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.last: dict[int, tuple[str, float]] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+                kind = _kind(process.info["name"] or "", " ".join(process.info["cmdline"] or []))
+                if kind is not None and process.info["cpu_times"] is not None:
+                    times = process.info["cpu_times"]
+                    self.last[process.pid] = (kind, times.user + times.system)
+
+    def totals(self) -> dict[str, float]:
+        self.stopped.set()
+        self.join()
+        out: dict[str, float] = {}
+        for kind, seconds in self.last.values():
+            out[kind] = out.get(kind, 0.0) + seconds
+        return out
+
+
+def _kind(name: str, cmdline: str) -> str | None:
+    if "ray::_Actor" in name or "ray::_Actor" in cmdline or "multiprocessing.forkserver" in cmdline:
+        return "model"
+    if "-m labeler caption" in cmdline:
+        return "driver"
+    ray_parts = ("raylet", "gcs_server", "ray/dashboard", "log_monitor", "autoscaler",
+                 "runtime_env", "ray::IDLE", "default_worker.py")  # fmt: skip
+    if name in ("raylet", "gcs_server") or any(part in cmdline for part in ray_parts):
+        return "ray"
+    return None
+
+
 def compare_ray(args, tmp: Path) -> None:  # type: ignore[no-untyped-def]
     """(b) against (r) and (d) on the same images, interleaved; then the driver's memory."""
     folder = tmp / "photos"
@@ -298,12 +340,15 @@ def compare_ray(args, tmp: Path) -> None:  # type: ignore[no-untyped-def]
         procs = auto_procs(captioner) if args.procs is None else args.procs
         runs: dict[str, list[float]] = {"local": [], "ray": [], "data_windows": [],
                                         "data_one": []}  # fmt: skip
+        cpu: dict[str, list[dict[str, float]]] = {"local": [], "ray": []}
         for repeat in range(args.repeat):
             db = tmp / f"{backbone}-{repeat}"
-            runs["local"].append(end_to_end(model, folder, db.with_suffix(".local.db"),
-                                            args.batch, None, procs))  # fmt: skip
-            runs["ray"].append(end_to_end(model, folder, db.with_suffix(".ray.db"),
-                                          args.batch, None, None, engine="ray"))  # fmt: skip
+            for name, engine, given in (("local", "local", procs), ("ray", "ray", None)):
+                sampler = CoreSeconds()
+                sampler.start()
+                runs[name].append(end_to_end(model, folder, db.with_suffix(f".{name}.db"),
+                                             args.batch, None, given, engine=engine))  # fmt: skip
+                cpu[name].append(sampler.totals())
             if not args.no_ray_data:
                 runs["data_windows"].append(ray_data(model, paths, args.batch, args.window))
                 runs["data_one"].append(ray_data(model, paths, args.batch, None))
@@ -317,6 +362,19 @@ def compare_ray(args, tmp: Path) -> None:  # type: ignore[no-untyped-def]
             line += (f"  |  (d) Ray Data per {args.window}: {per:6.2f} img/s, one dataset: "
                      f"{one:6.2f} img/s; each new dataset costs {restart:.1f} s")  # fmt: skip
         print(line)
+        # Where the cores went, start-up included, per image: the model (actors, or model
+        # processes), the driver, and Ray's own processes. On a machine whose cores the model
+        # fills, the core-time spent outside the model is what the Ray run cannot give it.
+        spent = {name: {k: min(c.get(k, 0.0) for c in runs_cpu) / args.images
+                        for k in ("model", "driver", "ray")}
+                 for name, runs_cpu in cpu.items()}  # fmt: skip
+        for name, kinds in spent.items():
+            print(" " * 22 + f"core-ms per image, {name}: " + ", ".join(
+                f"{k} {1000 * v:.0f}" for k, v in kinds.items()))  # fmt: skip
+        local_ms, ray_ms = sum(spent["local"].values()), sum(spent["ray"].values())
+        print(" " * 22 + f"the Ray run spent {1000 * (ray_ms - local_ms):.0f} core-ms per image "
+              f"more: with every core busy in both, r/b can be at most {local_ms / ray_ms:.2f} "
+              "(start-up included in both)")  # fmt: skip
         print(" " * 22 + "every run, img/s: " + "  ".join(
             f"({k}) " + " ".join(f"{v:.2f}" for v in vs) for k, vs in runs.items() if vs
         ))  # fmt: skip

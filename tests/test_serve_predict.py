@@ -224,7 +224,9 @@ def test_predict_with_a_config_lacking_a_textarea_is_a_400(store, checkpoint, ro
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; answers 401 without the right token, as Label Studio does."""
+    """Serves a folder; answers 401 without the right token, as Label Studio does; presigns a
+    cloud URI as Label Studio does, with a redirect to a URL whose query is the credential
+    (served here too, standing in for the bucket, which refuses any Authorization header)."""
 
     token = "ls-key"
     seen: list[str | None] = []
@@ -243,7 +245,19 @@ class _Files(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        self.path = self.path.removeprefix("/data")
+        if self.path.startswith("/tasks/"):  # /tasks/<id>/presign/?fileuri=<base64 of s3://...>
+            if given != f"Token {self.token}":
+                self.send_error(401)
+                return
+            uri = base64.urlsafe_b64decode(self.path.split("fileuri=", 1)[1]).decode()
+            self.send_response(303)
+            self.send_header("Location", "/bucket/" + uri.split("/", 3)[3] + "?X-Amz-Signature=s")
+            self.end_headers()
+            return
+        if self.path.startswith("/bucket/") and given is not None:
+            self.send_error(400, "a presigned URL takes no Authorization header")
+            return
+        self.path = self.path.removeprefix("/data").split("?")[0]
         super().do_GET()
 
     def log_message(self, *args: object) -> None:
@@ -255,6 +269,8 @@ def file_server(tmp_path):
     served = tmp_path / "served"
     (served / "upload" / "3").mkdir(parents=True)
     noisy_image(served / "upload" / "3", "abc-photo.jpg", seed=5)
+    (served / "bucket" / "shots").mkdir(parents=True)
+    noisy_image(served / "bucket" / "shots", "s3-photo.jpg", seed=6)
     handler = lambda *a, **k: _Files(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -285,6 +301,34 @@ def test_uploaded_images_are_downloaded_with_the_key_and_registered(
         ("label-studio-downloads", f"{host}/upload/3/abc-photo.jpg"),
         ("label-studio-downloads", "data/upload/3/abc-photo.jpg"),
     ]
+
+
+def test_a_cloud_uri_is_presigned_by_label_studio_and_fetched_without_the_key(
+    store, checkpoint, root, tmp_path, file_server
+):
+    with Served(store, checkpoint, root, tmp_path, label_studio_url=file_server,
+                api_key="ls-key") as served:  # fmt: skip
+        (result,) = served.predict(["s3://my-bucket/shots/s3-photo.jpg"])
+    assert result and _text(result)
+    assert _Files.seen == ["Token ls-key", None]  # the presign call, then the bucket, bare
+    assert (tmp_path / "downloads" / "s3" / "my-bucket" / "shots" / "s3-photo.jpg").is_file()
+
+
+def test_without_label_studio_url_the_host_and_token_setup_sent_are_used(
+    store, checkpoint, root, tmp_path, file_server
+):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        body = {"project": "3.1700000000", "schema": LABEL_CONFIG, "hostname": file_server,
+                "access_token": "ls-key"}  # fmt: skip
+        assert served.client.post("/setup", json=body).status_code == 200
+        tasks = [{"id": 1, "data": {"image": "/data/upload/3/abc-photo.jpg"}}]
+        answer = served.client.post("/predict", json={"tasks": tasks, "project": "3.1700000000",
+                                                      "label_config": LABEL_CONFIG})  # fmt: skip
+        other = served.client.post("/predict", json={"tasks": tasks, "project": "4.1700000000",
+                                                     "label_config": LABEL_CONFIG})  # fmt: skip
+    assert answer.json()["results"][0]  # downloaded with the token /setup gave for project 3
+    assert _Files.seen == ["Token ls-key"]
+    assert other.json()["results"] == [[]]  # another project: no host known, nothing fetched
 
 
 def test_a_failed_download_is_that_task_alone(

@@ -251,7 +251,11 @@ class RayEngine:
         if ray.is_initialized():  # a caller's own session (the Python API, tests)
             return
         local = address is None and not os.environ.get("RAY_ADDRESS")
-        extra = {"include_dashboard": False} if local else {}
+        # A local Ray is this run's alone: no dashboard, and actors at the driver's priority
+        # (Ray starts its workers at niceness 15, so on a busy machine anything else, the
+        # driver included, takes the cores from the model first).
+        extra = {"include_dashboard": False, "_system_config": {"worker_niceness": 0}}
+        extra = extra if local else {}
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                      configure_logging=False, **extra)  # fmt: skip
