@@ -179,12 +179,14 @@ def test_what_is_not_drafted_in_time_is_answered_empty_and_stored_for_the_next_r
     with Served(store, checkpoint, root, tmp_path, within=0.0) as served:
         assert served.predict(urls) == [[], [], []]  # answered at once, the model still going
         assert "still being captioned" in caplog.text
+        served.predict(urls)  # asked again meanwhile: not drafted a second time
         deadline = time.monotonic() + 60
         while served.predictor.counts["captioned"] < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert served.predictor.counts["captioned"] == 3
         again = served.predict(urls)
         assert served.predictor.counts["captioned"] == 3  # from the store, not the model
+        assert served.predictor.counts["model_contents"] == 3
     assert all(again) and len({_text(r) for r in again}) >= 1
 
 
@@ -251,10 +253,26 @@ class _Files(http.server.SimpleHTTPRequestHandler):
                 return
             uri = base64.urlsafe_b64decode(self.path.split("fileuri=", 1)[1]).decode()
             self.send_response(303)
-            self.send_header("Location", "/bucket/" + uri.split("/", 3)[3] + "?X-Amz-Signature=s")
+            bucket = f"http://localhost:{self.server.server_address[1]}/bucket/"  # its own origin
+            self.send_header("Location", bucket + uri.split("/", 3)[3] + "?X-Amz-Signature=s")
             self.end_headers()
             return
-        if self.path.startswith("/bucket/") and given is not None:
+        if self.path.startswith(("/data/moved/", "/data/to-ftp/")):  # a server moving a file
+            # another origin (the same server by another name): the key must not follow
+            target = f"http://localhost:{self.server.server_address[1]}/other/abc-photo.jpg"
+            ftp = "ftp://127.0.0.1/abc-photo.jpg"
+            self.send_response(302)
+            self.send_header("Location", ftp if "to-ftp" in self.path else target)
+            self.end_headers()
+            return
+        if self.path.startswith("/img?n="):  # one script, an image per query
+            body = self.server.images[int(self.path[-1])]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path.startswith(("/bucket/", "/other/")) and given is not None:
             self.send_error(400, "a presigned URL takes no Authorization header")
             return
         self.path = self.path.removeprefix("/data").split("?")[0]
@@ -271,8 +289,13 @@ def file_server(tmp_path):
     noisy_image(served / "upload" / "3", "abc-photo.jpg", seed=5)
     (served / "bucket" / "shots").mkdir(parents=True)
     noisy_image(served / "bucket" / "shots", "s3-photo.jpg", seed=6)
+    (served / "other").mkdir()
+    noisy_image(served / "other", "abc-photo.jpg", seed=7)
     handler = lambda *a, **k: _Files(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.images = {
+        n: noisy_image(tmp_path, f"q{n}.jpg", seed=20 + n).read_bytes() for n in (1, 2)
+    }
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _Files.seen = []
@@ -292,14 +315,14 @@ def test_uploaded_images_are_downloaded_with_the_key_and_registered(
         )
     assert results[0] and results[1] and _text(results[0]) == _text(results[1])
     assert _Files.seen == ["Token ls-key", "Token ls-key"]  # its own origin: the key goes too
-    kept = tmp_path / "downloads" / "data" / "upload" / "3" / "abc-photo.jpg"
-    assert kept.is_file()
+    host = file_server.removeprefix("http://")
+    kept = tmp_path / "downloads" / "label-studio" / host / "data" / "upload" / "3"
+    assert (kept / "abc-photo.jpg").is_file()
     with store.session() as session:
         rows = session.execute(select(Dataset.name, Image.path).join(Image)).all()
-    host = file_server.removeprefix("http://")
-    assert sorted(rows) == [
-        ("label-studio-downloads", f"{host}/upload/3/abc-photo.jpg"),
-        ("label-studio-downloads", "data/upload/3/abc-photo.jpg"),
+    assert sorted(rows) == [  # one folder per source: a web server's paths never meet its own
+        ("label-studio-downloads", f"label-studio/{host}/data/upload/3/abc-photo.jpg"),
+        ("label-studio-downloads", f"web/{host}/upload/3/abc-photo.jpg"),
     ]
 
 
@@ -311,7 +334,38 @@ def test_a_cloud_uri_is_presigned_by_label_studio_and_fetched_without_the_key(
         (result,) = served.predict(["s3://my-bucket/shots/s3-photo.jpg"])
     assert result and _text(result)
     assert _Files.seen == ["Token ls-key", None]  # the presign call, then the bucket, bare
-    assert (tmp_path / "downloads" / "s3" / "my-bucket" / "shots" / "s3-photo.jpg").is_file()
+    kept = tmp_path / "downloads" / "cloud" / "s3" / "my-bucket" / "shots" / "s3-photo.jpg"
+    assert kept.is_file()
+
+
+def test_a_redirect_away_from_label_studio_leaves_the_key_behind(
+    store, checkpoint, root, tmp_path, file_server
+):
+    with Served(store, checkpoint, root, tmp_path, label_studio_url=file_server,
+                api_key="ls-key") as served:  # fmt: skip
+        (moved,) = served.predict(["/data/moved/abc-photo.jpg"])  # Label Studio: 302 elsewhere
+        (ftp,) = served.predict(["/data/to-ftp/abc-photo.jpg"])  # 302 to ftp://: not followed
+    assert moved and _text(moved)
+    assert _Files.seen[:2] == ["Token ls-key", None]  # the other server got no key
+    assert ftp == []
+
+
+def test_two_urls_differing_in_their_query_are_two_images(store, checkpoint, root, tmp_path,
+                                                          file_server):  # fmt: skip
+    with Served(store, checkpoint, root, tmp_path) as served:
+        served.predict([f"{file_server}/img?n=1", f"{file_server}/img?n=2"])
+    with store.session() as session:
+        sizes = session.scalars(select(Image.content_hash)).all()
+    assert len(sizes) == 2 and len(set(sizes)) == 2
+
+
+def test_a_task_that_cannot_even_be_looked_at_fails_alone(store, checkpoint, root, tmp_path,
+                                                          caplog):  # fmt: skip
+    too_long = "photos/" + "a" * 300 + ".jpg"
+    with Served(store, checkpoint, root, tmp_path) as served:
+        results = served.predict([_local(too_long), _local("photos/p1.jpg")])
+    assert results[0] == [] and results[1]
+    assert "File name too long" in caplog.text
 
 
 def test_without_label_studio_url_the_host_and_token_setup_sent_are_used(
@@ -526,3 +580,18 @@ def test_the_reviewer_is_the_annotators_email_when_label_studio_says(
             assert served.client.post("/webhook", json=event).status_code == 200
     assert [r[3] for r in _reviews(store)] == ["ana@example.com", "ana@example.com"]
     assert _Files.seen.count("Token ls-key") == 1
+
+
+def test_an_image_two_datasets_hold_is_reviewed_in_the_deepest(store, checkpoint, root, tmp_path):
+    with Served(store, checkpoint, root, tmp_path) as served:
+        shown = _text(served.predict([_local("photos/p1.jpg")])[0])  # into label-studio
+        scan(store, [root / "photos"], dataset="photos", workers=0)  # the same file, again
+        event = _event("ANNOTATION_CREATED", 12, url=_local("photos/p1.jpg"), text=shown,
+                       shown=shown)  # fmt: skip
+        answer = served.client.post("/webhook", json=event)
+    assert answer.status_code == 200, answer.text
+    with store.session() as session:
+        reviewed = session.execute(
+            select(Dataset.name, Image.path).join(Image).join(Review, Review.image_id == Image.id)
+        ).all()
+    assert reviewed == [("photos", "p1.jpg")]

@@ -57,11 +57,12 @@ class EventResult:
 
 def handle_event(
     store: Store, event: object, body: bytes, *, sources: Sources,
-    register: Callable[[Path], object] | None = None,
+    register: Callable[[Path], str | Missed] | None = None,
 ) -> EventResult:  # fmt: skip
     """Store what one webhook delivery says. `register` registers a local file in the store
-    before it is matched (the predictor's, so a task annotated before any prediction still
-    finds its image)."""
+    before it is matched and names the dataset holding it (the predictor's: a task annotated
+    before any prediction still finds its image, and a file two datasets hold is matched in
+    the one serve uses for it)."""
     if not isinstance(event, Mapping) or not isinstance(event.get("action"), str):
         return EventResult("?", "refused", "the body is not a Label Studio event (no action)")
     action = event["action"]
@@ -99,12 +100,16 @@ def _save(store, action, event, body, sources, register) -> EventResult:  # type
     names = ls.caption_names(config)
     data = dict(task.get("data") or {})
     where = f"{action} of annotation {annotation.get('id')} (task {task.get('id')})"
+    datasets = None
     if not any(data.get(k) not in (None, "") for k in OWN_FIELDS):
         found = _file(task, names, sources)
         if isinstance(found, Missed):
             raise FormatError(f"{where}: {found.reason}")
-        if register is not None and found.path.is_file():
-            register(found.path)
+        if register is not None and _is_file(found.path):
+            holder = register(found.path)
+            if isinstance(holder, Missed):
+                raise FormatError(f"{where}: {holder.reason}")
+            datasets = [holder]
         data["path"] = str(found.path)
     if data.get("draft_caption") in (None, ""):
         shown = annotation.get("prediction")
@@ -117,9 +122,18 @@ def _save(store, action, event, body, sources, register) -> EventResult:  # type
     if record.reviewer is not None:
         record = dataclasses.replace(record, reviewer=annotator(record.reviewer, sources))
     digest = hashlib.sha256(body).hexdigest()
-    result = import_records(store, [record], source="label-studio webhook", digest=digest)
+    result = import_records(
+        store, [record], source="label-studio webhook", digest=digest, datasets=datasets
+    )
     outcome = "added" if result.added else "updated" if result.updated else "already"
     return EventResult(action, outcome, ", ".join(sorted(result.by_outcome)))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a folder nobody may read: matched by path alone
+        return False
 
 
 def _file(task: Mapping[str, Any], names: ls.ConfigNames, sources: Sources) -> Place | Missed:

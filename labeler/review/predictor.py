@@ -29,9 +29,11 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ LEASE = dt.timedelta(seconds=120)  # a claim outlives a dead backend this long a
 # Label Studio waits 100 s for /predict and then throws the whole answer away: what the model
 # has not drafted by this time is answered empty, and stored when done for the next request.
 ANSWER_WITHIN_S = 80.0
+DOWNLOADS = 8  # a request's images downloaded at once
+CLOSE_WAIT_S = 60.0  # how long stopping waits for the drafts being made to be stored
 
 
 @dataclass
@@ -110,14 +114,18 @@ class Predictor:
         self.model_id = self.run_id = 0
         self.scoring: calibrators.Scoring | None = None
         self._model_lock = threading.Lock()  # the model runs here: one batch at a time
+        self._lock = threading.Lock()  # the three below, shared by the requests' threads
+        self._drafting: set[str] = set()  # contents a request's thread is drafting now
+        self._threads: set[threading.Thread] = set()  # those threads
+        self._closing = False
         self._engine: Any = None
-        self._lock: locks.RunSession | None = None
+        self._run_lock: locks.RunSession | None = None
 
     # --- the run ------------------------------------------------------------------------------
 
     def __enter__(self) -> Predictor:
         self._check_datasets()
-        self._lock = locks.RunSession(self.store.engine)
+        self._run_lock = locks.RunSession(self.store.engine)
         try:
             with self.store.write() as session:
                 holders.abandon_dead_runs(session, utcnow())
@@ -131,7 +139,7 @@ class Predictor:
                     session, model_id=self.model_id, settings_key=self.key,
                     settings=self.settings.to_dict(), holder=self.holder,
                 )  # fmt: skip
-                self._lock.hold(self.run_id)
+                self._run_lock.hold(self.run_id)
             self._engine = engines.engine_for(
                 self.captioner, self.settings, procs=self.procs, workers=0,
                 max_pixels=self.max_pixels,
@@ -143,6 +151,12 @@ class Predictor:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with self._lock:
+            self._closing = True  # no request starts the model from now on
+            threads = list(self._threads)
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for thread in threads:  # what the model is drafting is stored, not thrown away
+            thread.join(max(0.0, deadline - time.monotonic()))
         try:
             if self._engine is not None:
                 self._engine.__exit__(exc_type, exc, tb)
@@ -161,8 +175,8 @@ class Predictor:
                         timings=timings, error=error, now=utcnow(),
                     )  # fmt: skip
         finally:
-            if self._lock is not None:
-                self._lock.close()
+            if self._run_lock is not None:
+                self._run_lock.close()
 
     def _check_datasets(self) -> None:
         """The serve datasets, where they exist already, have the roots this backend uses."""
@@ -185,32 +199,54 @@ class Predictor:
         """One answer per (image URL or why there is none, task id), in order; `sources` for
         this project when not the backend's own (the host and token its /setup sent)."""
         sources = sources or self.sources
+        deadline = None if self.answer_within_s is None else time.monotonic() + self.answer_within_s
         answers: dict[int, Answer] = {}
         local: dict[int, Path] = {}
-        for i, (url, task_id) in enumerate(images):
-            found = url if isinstance(url, Missed) else place(url, sources, task_id=task_id)
-            if isinstance(found, Place):
-                found = fetch(found, sources)
-            if isinstance(found, Place) and not found.path.is_file():
-                found = Missed(f"no such file: {found.path}")
-            if isinstance(found, Missed):
-                answers[i] = Answer(None, reason=found.reason)
+        with ThreadPoolExecutor(DOWNLOADS) as pool:  # downloads wait on the network: at once
+            found = list(pool.map(lambda item: self._local(item, sources, deadline), images))
+        for i, item in enumerate(found):
+            if isinstance(item, Missed):
+                answers[i] = Answer(None, reason=item.reason)
             else:
-                local[i] = found.path
+                local[i] = item
         registered = self._register(local)
         for i, item in registered.items():
             if isinstance(item, Missed):
                 answers[i] = Answer(None, reason=item.reason)
         ok = {i: item for i, item in registered.items() if not isinstance(item, Missed)}
-        answers.update(self._drafts(ok))
+        answers.update(self._drafts(ok, deadline))
         self.counts["answered"] += sum(1 for a in answers.values() if a.text is not None)
         self.counts["unanswered"] += sum(1 for a in answers.values() if a.text is None)
         return [answers[i] for i in range(len(images))]
 
-    def register(self, path: Path) -> str | None:
-        """Register one local file in the store (the webhook's image); why not, or None."""
+    def _local(
+        self, item: tuple[str | Missed, object], sources: Sources, deadline: float | None
+    ) -> Path | Missed:
+        """One task's image as a local file (downloaded if need be), or why not: a fault of
+        this task's alone (an unreadable folder, a name too long) never fails the batch."""
+        url, task_id = item
+        if isinstance(url, Missed):
+            return url
+        try:
+            found = place(url, sources, task_id=task_id)
+            if isinstance(found, Place) and found.url is not None and not found.path.is_file():
+                if deadline is not None and time.monotonic() > deadline:
+                    return Missed("not downloaded in the time a request has; retrieve again")
+                found = fetch(found, sources)
+            if isinstance(found, Place) and not found.path.is_file():
+                return Missed(f"no such file: {found.path}")
+        except OSError as exc:
+            return Missed(f"cannot read {url!r:.120}: {exc.strerror or exc}")
+        return found if isinstance(found, Missed) else found.path
+
+    def register(self, path: Path) -> str | Missed:
+        """Register one local file in the store (the webhook's image): the name of the
+        dataset that now holds it, or why it could not be."""
         found = self._register({0: path}).get(0)
-        return found.reason if isinstance(found, Missed) else None
+        if isinstance(found, Missed) or found is None:
+            return found or Missed(f"{path}: not registered")
+        with self.store.session() as session:
+            return image_store.dataset_of_image(session, found[0])
 
     def _register(self, local: dict[int, Path]) -> dict[int, tuple[int, str] | Missed]:
         """(image id, content hash) of each file, registered as a scan would."""
@@ -253,7 +289,7 @@ class Predictor:
                 return dataset.id
         raise AssertionError(f"{raw!r} is under neither the document root nor the download folder")
 
-    def _drafts(self, ok: dict[int, tuple[int, str]]) -> dict[int, Answer]:
+    def _drafts(self, ok: dict[int, tuple[int, str]], deadline: float | None) -> dict[int, Answer]:
         """Answers for registered images: stored drafts, copies, or the model's, each batch
         written as it is done; what is not done within `answer_within_s` is answered empty
         and stored when done, for the next request."""
@@ -267,7 +303,12 @@ class Predictor:
             served = caption_store.copy_known_drafts(
                 session, **ids, work=work, run_id=self.run_id, scoring=scoring
             )
-            todo = [w for w in work if w.content_hash not in served]
+            with self._lock:  # what an earlier request is drafting is answered when stored
+                todo = [w for w in work if w.content_hash not in served
+                        and w.content_hash not in self._drafting]  # fmt: skip
+                if self._closing:
+                    todo = []
+                self._drafting.update(w.content_hash for w in todo)
             held = set(caption_store.claim(
                 session, **ids, hashes=[w.content_hash for w in todo], worker=self.worker,
                 holder=self.holder, run_id=self.run_id, now=utcnow(), lease=LEASE,
@@ -276,8 +317,10 @@ class Predictor:
         batch = _Captioning(todo, held)
         if todo:
             worker = threading.Thread(target=self._caption, args=(batch,), daemon=True)
+            with self._lock:
+                self._threads.add(worker)
             worker.start()
-            worker.join(self.answer_within_s)
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with batch.lock:
             theirs, why, done, error = dict(batch.theirs), dict(batch.why), batch.done, batch.error
         with self.store.session() as session:
@@ -317,6 +360,10 @@ class Predictor:
                 else:
                     outcome = job.result()
                 self._store(batch, chunk, outcome, ids)
+                if batch.held:  # the rest's claims outlive this batch's wait
+                    with self.store.write() as session:
+                        caption_store.renew_all(session, worker=self.worker,
+                                                until=utcnow() + LEASE)  # fmt: skip
         except Exception as exc:  # answered as the reason, and logged with its traceback
             log.exception("captioning for /predict failed")
             with batch.lock:
@@ -324,6 +371,9 @@ class Predictor:
         finally:
             with batch.lock:
                 batch.done = True
+            with self._lock:
+                self._drafting.difference_update(w.content_hash for w in todo)
+                self._threads.discard(threading.current_thread())
             if batch.held:  # not stored: give the claims back at once
                 with self.store.write() as session:
                     caption_store.release(
@@ -357,7 +407,8 @@ class Predictor:
             batch.why.update(
                 {image_id: f"{status}: {reason}" for image_id, status, reason in failures}
             )
-            self.counts["captioned"] += len(mine)
+            self.counts["captioned"] += len(mine)  # stored by this backend
+            self.counts["model_contents"] += len(chunk)  # through the model, stored or not
 
     def _scoring(self, session) -> calibrators.Scoring:  # type: ignore[no-untyped-def]
         calibrators.lock_model(session, self.model_id, exclusive=False)

@@ -12,10 +12,13 @@ A task names its image by the URL in its data (the Image tag's `value`, e.g. `$i
 - a cloud URI (`s3://`, `gs://`, `azure-blob://`): Label Studio presigns it for the task
   (`/tasks/<id>/presign/?fileuri=<base64>`), and the presigned URL, followed without the API
   key, is downloaded.
-Downloads land in the download folder under a path derived from the URL (never climbing out of
-it), written whole (labeler.atomic), and are reused when already there: uploads have unique
-names, and a served file is registered by its content hash anyway. Every refusal is a `Missed`
-with a one-line reason for that task alone.
+Downloads land in the download folder under a path derived from the URL, one folder per source
+(`label-studio/<host>/`, `web/<host>/`, `cloud/<scheme>/<bucket>/`; a query string adds its hash
+to the name) and never climbing out of it, written whole (labeler.atomic), and reused when
+already there: uploads have unique names, and a served file is registered by its content hash
+anyway. Redirects are followed by hand, to http(s) only, and the API key goes to Label Studio's
+own origin only, at every hop. Every refusal is a `Missed` with a one-line reason for that task
+alone.
 
 The one other call serve makes to Label Studio names an annotator: the user's e-mail for the id
 an annotation event carries (`annotator`), asked once per user and remembered.
@@ -24,6 +27,7 @@ an annotation event carries (`annotator`), asked once per user and remembered.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import urllib.error
 import urllib.parse
@@ -38,6 +42,8 @@ from labeler.formats.labelstudio import LOCAL_FILES
 from labeler.formats.streams import parse_json
 
 DOWNLOAD_TIMEOUT_S = 30.0
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 USER_TIMEOUT_S = 0.4  # the webhook that asks has 1 s to answer Label Studio
 MAX_DOWNLOAD = 256 << 20  # bytes: a larger answer is not an image this tool decodes
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
@@ -60,7 +66,6 @@ class Place:
 
     path: Path
     url: str | None = None
-    presign: bool = False  # `url` is Label Studio's presign endpoint: follow its redirect bare
 
 
 @dataclass(frozen=True)
@@ -88,13 +93,18 @@ def place(url: str, sources: Sources, *, task_id: object = None) -> Place | Miss
     if parsed.scheme in CLOUD_SCHEMES:
         return _cloud(url, parsed, sources, task_id)
     if parsed.scheme in ("http", "https"):
-        target = _under(sources.download_dir, [parsed.netloc, *_parts(parsed.path)])
-        return target if isinstance(target, Missed) else Place(target, url)
+        target = _under(sources.download_dir, ["web", parsed.netloc, *_parts(parsed.path)])
+        if isinstance(target, Missed):
+            return target
+        if parsed.query:  # img.php?id=1 and ?id=2 are two images: two files
+            digest = hashlib.sha256(parsed.query.encode()).hexdigest()[:12]
+            target = target.with_name(f"{target.stem}-{digest}{target.suffix}")
+        return Place(target, url)
     if parsed.scheme or parsed.netloc or not parsed.path.startswith("/"):
         return Missed(f"cannot read image URL {url!r:.120}: not a Label Studio or web URL")
     if sources.label_studio_url is None:
         return Missed(f"{url!r:.120} is served by Label Studio: set LABEL_STUDIO_URL")
-    target = _under(sources.download_dir, _parts(parsed.path))
+    target = _under(sources.download_dir, [*_server(sources), *_parts(parsed.path)])
     return target if isinstance(target, Missed) else Place(target, _on_server(url, sources))
 
 
@@ -111,7 +121,8 @@ def _local(relative: str, url: str, sources: Sources) -> Place | Missed:
         if sources.label_studio_url is None:
             return Missed(f"{url!r:.120} is a local file: give --document-root (or set "
                           "LABEL_STUDIO_URL to download it)")  # fmt: skip
-        target = _under(sources.download_dir, ["local-files", *relative.split("/")])
+        target = _under(sources.download_dir, [*_server(sources), "local-files",
+                                               *relative.split("/")])  # fmt: skip
         return target if isinstance(target, Missed) else Place(target, _on_server(url, sources))
     root = sources.document_root
     if not relative or "\x00" in relative:
@@ -130,13 +141,19 @@ def _cloud(
                       "key) so Label Studio can presign it")  # fmt: skip
     if isinstance(task_id, bool) or not isinstance(task_id, int):
         return Missed(f"{url!r:.120} is in cloud storage and the task has no id to presign it")
-    parts = [parsed.scheme, parsed.netloc, *_parts(parsed.path)]
+    parts = ["cloud", parsed.scheme, parsed.netloc, *_parts(parsed.path)]
     target = _under(sources.download_dir, parts)
     if isinstance(target, Missed):
         return target
     encoded = base64.urlsafe_b64encode(url.encode()).decode()
     presign = f"{sources.label_studio_url}/tasks/{task_id}/presign/?fileuri={encoded}"
-    return Place(target, presign, presign=True)
+    return Place(target, presign)
+
+
+def _server(sources: Sources) -> list[str]:
+    """The download folder's part for this Label Studio server's own files."""
+    assert sources.label_studio_url is not None
+    return ["label-studio", urllib.parse.urlsplit(sources.label_studio_url).netloc]
 
 
 def _on_server(url: str, sources: Sources) -> str:
@@ -184,30 +201,34 @@ def fetch(item: Place, sources: Sources) -> Place | Missed:
 
 
 def _download(item: Place, sources: Sources) -> bytes | Missed:
+    """The bytes at the place's URL. Redirects (a presign call answers with one) are followed
+    here, at most MAX_REDIRECTS, to http(s) only, and the API key goes to Label Studio's own
+    origin only, at every hop: never to the storage or a server a redirect names."""
     assert item.url is not None
-    headers = {}
-    if sources.api_key and _same_origin(item.url, sources.label_studio_url):
-        headers["Authorization"] = f"Token {sources.api_key}"
     url = item.url
-    if item.presign:  # Label Studio answers with a redirect to the storage's presigned URL
-        opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(_NoRedirect)
+    for _ in range(MAX_REDIRECTS + 1):
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return Missed(f"{_shown(item.url, sources)} leads to {_shown(url, sources)}: "
+                          "only http(s) is followed")  # fmt: skip
+        headers = {}
+        if sources.api_key and _same_origin(url, sources.label_studio_url):
+            headers["Authorization"] = f"Token {sources.api_key}"
         try:
             with opener.open(urllib.request.Request(url, headers=headers),
                              timeout=DOWNLOAD_TIMEOUT_S) as answer:  # fmt: skip
                 return _read(answer, url, sources)
         except urllib.error.HTTPError as exc:
-            location = exc.headers.get("Location") if exc.code in (301, 302, 303, 307) else None
+            location = exc.headers.get("Location") if exc.code in REDIRECTS else None
             if location is None:
                 raise
-            url, headers = urllib.parse.urljoin(url, location), {}  # the key stays home
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=DOWNLOAD_TIMEOUT_S) as answer:  # fmt: skip
-        return _read(answer, url, sources)
+            url = urllib.parse.urljoin(url, location)
+    return Missed(f"{_shown(item.url, sources)}: more than {MAX_REDIRECTS} redirects")
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the redirect comes back as an HTTPError, followed by hand without the key
+        return None  # the redirect comes back as an HTTPError, followed by hand (_download)
 
 
 def _read(answer: Any, url: str, sources: Sources) -> bytes | Missed:
@@ -238,7 +259,8 @@ _annotators: dict[tuple[str, str], str] = {}  # (Label Studio URL, user id) -> e
 
 def annotator(user_id: str, sources: Sources) -> str:
     """The e-mail of Label Studio's user `user_id`, when the server and key are known and it
-    answers at once; else the id as given."""
+    answers at once the first time it is asked; else the id as given. Either is kept, so a
+    user's reviews carry one name for as long as this backend runs."""
     if sources.label_studio_url is None or not sources.api_key or not user_id.isdigit():
         return user_id
     key = (sources.label_studio_url, user_id)
@@ -250,7 +272,7 @@ def annotator(user_id: str, sources: Sources) -> str:
                                         timeout=USER_TIMEOUT_S) as answer:  # fmt: skip
                 user = parse_json(answer.read(1 << 20).decode("utf-8"), url)
         except (urllib.error.URLError, OSError, ValueError, FormatError):
-            return user_id  # asked again next time
+            user = None  # the id, then, for as long as this backend runs: one name a user
         email = user.get("email") if isinstance(user, dict) else None
         _annotators[key] = email if isinstance(email, str) and email.strip() else user_id
     return _annotators[key]

@@ -344,3 +344,10 @@ def set_mtimes(session: Session, mtimes: Iterable[tuple[int, int | None]]) -> in
     if batch:
         connection.execute(stmt, batch)
     return done + len(batch)
+
+
+def dataset_of_image(session: Session, image_id: int) -> str:
+    """The name of the dataset an image belongs to."""
+    return session.scalar(
+        select(Dataset.name).join(Image, Image.dataset_id == Dataset.id).where(Image.id == image_id)
+    )
