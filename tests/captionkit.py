@@ -49,3 +49,16 @@ def tiny_checkpoint(path: Path, *, seed: int = 0, calibrator: Calibrator | None 
         calibrator=calibrator.to_dict() if calibrator is not None else None,
     )  # fmt: skip
     return path
+
+
+def scanned_photos(store, folder: Path, images: int) -> Path:  # type: ignore[no-untyped-def]
+    """`images` small images in `folder`, scanned into `store`: distinct JPEGs and one
+    palette PNG with transparency (the caption engines' tests' set)."""
+    import imagefactory
+
+    from labeler.files.scan import scan
+
+    imagefactory.write_many(folder, images - 1, size=(48, 40), fmt="JPEG")
+    imagefactory.palette_png_transparent(folder)
+    scan(store, [folder], workers=1)
+    return folder

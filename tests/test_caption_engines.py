@@ -9,13 +9,12 @@ import os
 import imagefactory as make
 import pytest
 import torch
-from captionkit import tiny_checkpoint
+from captionkit import scanned_photos, tiny_checkpoint
 from sqlalchemy import func, select
 
 from labeler.caption import engines
 from labeler.caption.job import caption_images
 from labeler.errors import InputError, ModelError
-from labeler.files.scan import scan
 from labeler.model.captioner import ShowTellCaptioner, ShowTellFile
 from labeler.model.drafts import DecodeSettings
 from labeler.store.models import Caption, CaptionClaim, CaptionRun, Image, Model
@@ -36,11 +35,7 @@ def captioner(model):
 
 @pytest.fixture
 def photos(store, tmp_path):
-    folder = tmp_path / "photos"
-    make.write_many(folder, IMAGES - 1, size=(48, 40), fmt="JPEG")
-    make.palette_png_transparent(folder)
-    scan(store, [folder], workers=1)
-    return folder
+    return scanned_photos(store, tmp_path / "photos", IMAGES)
 
 
 def _run(store, captioner, **options):

@@ -16,7 +16,7 @@ import imagefactory as make
 import psutil
 import pytest
 import ray
-from captionkit import tiny_checkpoint
+from captionkit import scanned_photos, tiny_checkpoint
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -66,11 +66,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture
 def photos(store, tmp_path):
-    folder = tmp_path / "photos"
-    make.write_many(folder, IMAGES - 1, size=(48, 40), fmt="JPEG")
-    make.palette_png_transparent(folder)
-    scan(store, [folder], workers=1)
-    return folder
+    return scanned_photos(store, tmp_path / "photos", IMAGES)
 
 
 def _run(store, model, **options):
