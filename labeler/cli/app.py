@@ -114,6 +114,14 @@ def decoding_overrides(
     }  # fmt: skip
 
 
+def decoding_for(captioner, **options: object):  # type: ignore[no-untyped-def]
+    """The decoding settings a captioner runs with: its checkpoint's own defaults, with the
+    decoding options given (decoding_overrides' keywords) in their place."""
+    from labeler.model.drafts import DecodeSettings
+
+    return (captioner.decoding or DecodeSettings()).overridden(**decoding_overrides(**options))  # type: ignore[arg-type]
+
+
 ReviewOption = Annotated[
     list[str] | None,
     typer.Option(help="unreviewed, reviewed, accepted, edited, rejected or skipped."),

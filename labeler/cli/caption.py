@@ -21,7 +21,7 @@ from labeler.cli.app import (
     NBestOption,
     app,
     console,
-    decoding_overrides,
+    decoding_for,
     err_console,
     open_store_for,
     print_json,
@@ -105,17 +105,14 @@ def caption_cli(
     from labeler.caption.engines import open_model
     from labeler.caption.job import caption_images
     from labeler.caption.ray_engine import options_for
-    from labeler.model.drafts import DecodeSettings
 
     ray = options_for(engine, address=ray_address, actors=ray_actors, device=device)
     store = open_store_for(db)
     # built only if it runs here
     captioner = open_model(model, device=device, procs=procs, remote=ray is not None)
-    settings = (captioner.decoding or DecodeSettings()).overridden(
-        **decoding_overrides(
-            beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
-            n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
-        )
+    settings = decoding_for(
+        captioner, beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+        n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
     )  # fmt: skip
     with progress("Captioning", json_output) as report, _StopOnInterrupt() as stop:
         result = caption_images(

@@ -36,7 +36,7 @@ from labeler.cli.app import (
     StaleOption,
     app,
     console,
-    decoding_overrides,
+    decoding_for,
     draft_filter,
     err_console,
     open_store_for,
@@ -436,7 +436,6 @@ def serve_cli(
         raise typer.Exit(1) from None
     from labeler.caption.engines import open_model
     from labeler.errors import InputError
-    from labeler.model.drafts import DecodeSettings
     from labeler.review.predictor import Predictor
     from labeler.review.task_images import Sources
 
@@ -456,11 +455,9 @@ def serve_cli(
         api_key=label_studio_api_key or None,
     )  # fmt: skip
     captioner = open_model(model, device=device, procs=procs)
-    decoding = (captioner.decoding or DecodeSettings()).overridden(
-        **decoding_overrides(
-            beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
-            n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
-        )
+    decoding = decoding_for(
+        captioner, beam=beam, max_len=max_len, min_len=min_len, length_penalty=length_penalty,
+        n_best=n_best, block_repeats=block_repeats, block_unk=block_unk,
     )  # fmt: skip
     predictor = Predictor(
         open_store_for(db), captioner, decoding, sources, dataset=dataset, procs=procs,
